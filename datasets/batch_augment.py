@@ -1,0 +1,286 @@
+"""Batched training augmentations on the training device, each sample with its own random parameters.
+
+Random parameters are drawn for the *global* batch (all DDP ranks) from one seeded CPU generator, and each rank
+takes the rows of its own samples, so a run on W processes sees exactly the augmentations of a one-process run
+with the same global batch. Differences from the torchvision per-image pipeline (datasets/transforms.py):
+- RandomResizedCrop draws the area and log-aspect once and shrinks the box to fit the image instead of torchvision's
+  10 rejection trials followed by a centre-crop fallback;
+- colour jitter applies brightness, contrast, saturation, hue in this fixed order (torchvision shuffles the order)
+  and shifts hue by a rotation in YIQ space (torchvision goes through HSV);
+- crop, flip and rotation are one bilinear `grid_sample` (one resampling instead of two).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Parameters of one pipeline; probabilities are per sample."""
+
+    image_size: int
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    rotation_deg: float = 0.0          # uniform in +-rotation_deg
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    noise_std: float = 0.0             # additive Gaussian pixel noise (small grey images)
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    # Fixed-size crops (torchvision RandomCrop, then Resize to image_size) instead of RandomResizedCrop: the crop
+    # side as a fraction of the image side, one of these chosen uniformly per sample; () keeps RandomResizedCrop.
+    crop_sides: tuple[float, ...] = ()
+    crop_center_p: float = 0.0         # probability that a fixed-size crop is centred (IIC's RandomChoice[Random, Center])
+    rotation_p: float = 1.0            # probability that the rotation is applied (RandomApply)
+
+
+def simclr_spec(image_size: int, *, color_strength: float, blur: bool, crop_scale=(0.08, 1.0),
+                mean=(), std=()) -> AugmentSpec:
+    """SimCLR/CC pipeline (cc.md §3): crop, flip, jitter(0.8s, 0.8s, 0.8s, 0.2s) p 0.8, grayscale p 0.2, blur."""
+    s = color_strength
+    return AugmentSpec(image_size, tuple(crop_scale), flip_p=0.5, jitter_p=0.8, brightness=0.8 * s,
+                       contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s, grayscale_p=0.2,
+                       blur_p=0.5 if blur else 0.0, mean=tuple(mean), std=tuple(std))
+
+
+def digits_spec(image_size: int, *, crop_scale=(0.5, 1.0), mean=(), std=()) -> AugmentSpec:
+    """Small grey digits: no flips (a mirrored 2 is not a 2), small rotations, crops that keep most of the
+    stroke, brightness/contrast jitter and light pixel noise."""
+    return AugmentSpec(image_size, tuple(crop_scale), crop_ratio=(0.8, 1.25), flip_p=0.0, rotation_deg=15.0,
+                       jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, grayscale_p=0.0,
+                       noise_std=0.05, mean=tuple(mean), std=tuple(std))
+
+
+def pica_specs(image_size: int, *, resize: int, crop_scale=(0.2, 1.0), flip: bool = True, mean=(), std=()
+               ) -> tuple[AugmentSpec, AugmentSpec]:
+    """PICA's two pipelines (pica.md §3): the clean view `Resize(resize) -> RandomCrop(image_size)`, i.e. a fixed
+    crop of image_size/resize of the side, and the perturbed view `RandomResizedCrop(image_size, crop_scale)` ->
+    `ColorJitter(0.4, 0.4, 0.4, 0.4)` (always applied) -> `RandomGrayscale(0.2)` -> `RandomHorizontalFlip(0.5)`.
+    `flip=False` drops the flip (digits: a mirrored 2 is not a 2). Returns (clean, perturbed)."""
+    if resize < image_size:
+        raise ValueError(f"pica.resize ({resize}) must be at least image_size ({image_size})")
+    clean = AugmentSpec(image_size, crop_sides=(image_size / resize,), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
+                        mean=tuple(mean), std=tuple(std))
+    perturbed = AugmentSpec(image_size, tuple(crop_scale), flip_p=0.5 if flip else 0.0, jitter_p=1.0,
+                            brightness=0.4, contrast=0.4, saturation=0.4, hue=0.4, grayscale_p=0.2,
+                            mean=tuple(mean), std=tuple(std))
+    return clean, perturbed
+
+
+def iic_specs(image_size: int, *, crop: float, tf2_crops=(), tf1_center_p: float = 0.0, rotation: float = 0.0,
+              flip: bool = True) -> tuple[AugmentSpec, AugmentSpec]:
+    """IIC's tf1 and tf2 (iic.md §3; fractions of the stored image side). tf1: `RandomCrop(crop)` (centred instead
+    with probability tf1_center_p: MNIST's RandomChoice[RandomCrop, CenterCrop] is 0.5) -> `Resize(image_size)`.
+    tf2: `RandomApply([RandomRotation(rotation)], p=0.5)` when rotation > 0 -> `RandomCrop` of a side chosen from
+    tf2_crops (default: crop) -> `Resize` -> `RandomHorizontalFlip` when flip -> `ColorJitter(0.4, 0.4, 0.4, 0.125)`
+    (always applied). No normalisation: IIC feeds [0, 1] images; the grey conversion and the Sobel filter are layers
+    of the network (models/backbones.py::SobelFilter). Returns (tf1, tf2)."""
+    tf1 = AugmentSpec(image_size, crop_sides=(crop,), crop_center_p=tf1_center_p, flip_p=0.0, jitter_p=0.0,
+                      grayscale_p=0.0)
+    tf2 = AugmentSpec(image_size, crop_sides=tuple(tf2_crops) or (crop,), flip_p=0.5 if flip else 0.0,
+                      rotation_deg=rotation, rotation_p=0.5, jitter_p=1.0, brightness=0.4, contrast=0.4,
+                      saturation=0.4, hue=0.125, grayscale_p=0.0)
+    return tf1, tf2
+
+
+def _uniform(gen: torch.Generator, n: int, low: float, high: float) -> Tensor:
+    return torch.rand(n, generator=gen, dtype=torch.float64).mul_(high - low).add_(low).float()
+
+
+def draw_params(spec: AugmentSpec, n: int, gen: torch.Generator) -> dict[str, Tensor]:
+    """Per-sample parameters for n samples (CPU float32/bool tensors), in a fixed draw order."""
+    area = _uniform(gen, n, *spec.crop_scale)
+    log_ratio = _uniform(gen, n, math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1]))
+    ratio = log_ratio.exp()
+    w = (area * ratio).sqrt().clamp(max=1.0)             # crop width / image width
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - w)   # crop centre in [-1, 1] coordinates
+    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - h)
+    flip = torch.rand(n, generator=gen) < spec.flip_p
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(spec.rotation_deg)
+    jitter = torch.rand(n, generator=gen) < spec.jitter_p
+    b = _uniform(gen, n, max(0.0, 1 - spec.brightness), 1 + spec.brightness)
+    c = _uniform(gen, n, max(0.0, 1 - spec.contrast), 1 + spec.contrast)
+    s = _uniform(gen, n, max(0.0, 1 - spec.saturation), 1 + spec.saturation)
+    hue = _uniform(gen, n, -spec.hue, spec.hue)
+    gray = torch.rand(n, generator=gen) < spec.grayscale_p
+    blur = torch.rand(n, generator=gen) < spec.blur_p
+    sigma = _uniform(gen, n, *spec.blur_sigma)
+    # Options added later draw after the sequence above, and only when a spec uses them, so the existing
+    # pipelines see exactly the random stream they always had.
+    if spec.crop_sides:
+        sides = torch.tensor(spec.crop_sides, dtype=torch.float32)
+        side = sides[torch.randint(len(sides), (n,), generator=gen)]
+        w = h = side.clamp(max=1.0)
+        cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - w)
+        cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - h)
+        if spec.crop_center_p:
+            centred = torch.rand(n, generator=gen) < spec.crop_center_p
+            cx, cy = torch.where(centred, 0.0, cx), torch.where(centred, 0.0, cy)
+    if spec.rotation_p < 1.0 and spec.rotation_deg:
+        angle = torch.where(torch.rand(n, generator=gen) < spec.rotation_p, angle, 0.0)
+    return dict(w=w, h=h, cx=cx, cy=cy, flip=flip, angle=angle, jitter=jitter, brightness=b, contrast=c,
+                saturation=s, hue=hue, gray=gray, blur=blur, sigma=sigma)
+
+
+def _geometry(x: Tensor, p: dict[str, Tensor], size: int) -> Tensor:
+    cos, sin = p["angle"].cos(), p["angle"].sin()
+    sx = p["w"] * torch.where(p["flip"], -1.0, 1.0)
+    theta = torch.stack([
+        torch.stack([sx * cos, -p["h"] * sin, p["cx"]], dim=1),
+        torch.stack([sx * sin, p["h"] * cos, p["cy"]], dim=1),
+    ], dim=1).to(x)                                                     # (B, 2, 3)
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _grey(x: Tensor) -> Tensor:
+    if x.shape[1] == 1:
+        return x
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def _blend(a: Tensor, b: Tensor, factor: Tensor) -> Tensor:
+    return (b + factor.view(-1, 1, 1, 1) * (a - b)).clamp_(0, 1)
+
+
+def _hue_shift(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate chroma in YIQ space by 2*pi*shift (shift in [-0.5, 0.5], as torchvision's hue factor)."""
+    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
+    angle = 2 * math.pi * shift.to(x)
+    cos, sin = angle.cos().view(-1, 1, 1), angle.sin().view(-1, 1, 1)
+    i, q = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
+    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq).clamp_(0, 1)
+
+
+def _colour(x: Tensor, p: dict[str, Tensor], spec: AugmentSpec) -> Tensor:
+    on = p["jitter"].to(x.device).view(-1, 1, 1, 1)
+    y = x
+    if spec.brightness:
+        y = _blend(y, torch.zeros_like(y), p["brightness"].to(x))
+    if spec.contrast:
+        mean = _grey(y).mean(dim=(1, 2, 3), keepdim=True)
+        y = _blend(y, mean.expand_as(y), p["contrast"].to(x))
+    if x.shape[1] == 3 and spec.saturation:
+        y = _blend(y, _grey(y).expand_as(y), p["saturation"].to(x))
+    if x.shape[1] == 3 and spec.hue:
+        y = _hue_shift(y, p["hue"])
+    x = torch.where(on, y, x)
+    if x.shape[1] == 3 and spec.grayscale_p:
+        x = torch.where(p["gray"].to(x.device).view(-1, 1, 1, 1), _grey(x).expand_as(x), x)
+    return x
+
+
+def _gaussian_blur(x: Tensor, p: dict[str, Tensor], size: int) -> Tensor:
+    """Per-sample Gaussian blur with a kernel of about 10% of the image side (23 px at 224, as CC's OpenCV blur)."""
+    k = max(3, int(0.1 * size) // 2 * 2 + 1)
+    radius = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
+    sigma = p["sigma"].to(x).view(-1, 1)
+    kernel = torch.exp(-radius[None] ** 2 / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)                     # (B, k)
+    b, c, hgt, wid = x.shape
+    flat = x.reshape(1, b * c, hgt, wid)
+    kx = kernel.repeat_interleave(c, dim=0)
+    blurred = F.conv2d(F.pad(flat, (k // 2, k // 2, 0, 0), mode="reflect"), kx.view(b * c, 1, 1, k), groups=b * c)
+    blurred = F.conv2d(F.pad(blurred, (0, 0, k // 2, k // 2), mode="reflect"), kx.view(b * c, 1, k, 1),
+                       groups=b * c).view(b, c, hgt, wid)
+    return torch.where(p["blur"].to(x.device).view(-1, 1, 1, 1), blurred, x)
+
+
+def _normalise(x: Tensor, spec: AugmentSpec) -> Tensor:
+    if not spec.mean:
+        return x
+    mean = x.new_tensor(spec.mean).view(1, -1, 1, 1)
+    std = x.new_tensor(spec.std).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def to_float_images(x: Tensor, channels: int) -> Tensor:
+    """uint8 (B, C, H, W) -> float32 in [0, 1], grey replicated to 3 channels when the network wants 3."""
+    x = x.float().div_(255.0)
+    if x.shape[1] == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    return x
+
+
+def augment_batch(x: Tensor, spec: AugmentSpec, params: dict[str, Tensor], *, noise: Tensor | None = None) -> Tensor:
+    """Apply one view's augmentation: float images (B, C, H, W) in [0, 1] -> (B, C, S, S), normalised."""
+    x = _geometry(x, params, spec.image_size)
+    if spec.jitter_p or spec.grayscale_p:
+        x = _colour(x, params, spec)
+    if spec.blur_p:
+        x = _gaussian_blur(x, params, spec.image_size)
+    if noise is not None:
+        x = (x + spec.noise_std * noise.to(x)).clamp_(0, 1)
+    return _normalise(x, spec)
+
+
+class BatchAugmenter:
+    """Makes V augmented views of a batch of uint8 images on their device. With `first_spec`, view 0 follows that
+    pipeline and views 1..V-1 follow `spec` (PICA's clean + perturbed views, IIC's tf1 + r tf2 views)."""
+
+    def __init__(self, spec: AugmentSpec, channels: int, views: int, *, first_spec: AugmentSpec | None = None):
+        self.spec, self.channels, self.views, self.first_spec = spec, channels, views, first_spec
+
+    def __call__(self, images: Tensor, generator: torch.Generator, *, rank: int = 0, world_size: int = 1) -> list[Tensor]:
+        x = to_float_images(images, self.channels)
+        n_local = x.shape[0]
+        out = []
+        for view in range(self.views):
+            spec = self.first_spec if view == 0 and self.first_spec is not None else self.spec
+            # Draw for the global batch; this rank's samples are rows rank, rank + W, ... (DistributedSampler order).
+            params = {k: v[rank::world_size][:n_local] for k, v in
+                      draw_params(spec, n_local * world_size, generator).items()}
+            noise = None
+            if spec.noise_std:
+                size = (n_local * world_size, x.shape[1], spec.image_size, spec.image_size)
+                noise = torch.randn(size, generator=generator)[rank::world_size][:n_local]
+            out.append(augment_batch(x, spec, params, noise=noise))
+        return out
+
+
+def _resize(x: Tensor, size: int) -> Tensor:
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def center_crop_resize(x: Tensor, *, image_size: int, crop: float) -> Tensor:
+    """Centre crop of `crop` x the side, resized to image_size. When the crop is a whole number of pixels it is cut
+    first and resized after (IIC: `CenterCrop(c) -> Resize(s)`); otherwise the image is resized to
+    round(image_size / crop) and the centre image_size x image_size cut (PICA: `Resize(resize) -> CenterCrop(size)`)."""
+    side = crop * x.shape[-1]
+    if abs(side - round(side)) < 1e-6:
+        c = int(round(side))
+        top, left = (x.shape[-2] - c) // 2, (x.shape[-1] - c) // 2
+        return _resize(x[..., top:top + c, left:left + c], image_size)
+    x = _resize(x, int(round(image_size / crop)))
+    top, left = (x.shape[-2] - image_size) // 2, (x.shape[-1] - image_size) // 2
+    return x[..., top:top + image_size, left:left + image_size]
+
+
+def eval_images(images: Tensor, *, image_size: int, channels: int, mean=(), std=(), crop: float = 1.0) -> Tensor:
+    """Deterministic evaluation view: uint8 (B, C, H, W) -> float, resized to image_size (after a centre crop of
+    `crop` x the side when crop < 1), normalised."""
+    x = to_float_images(images, channels)
+    if crop < 1.0:
+        x = center_crop_resize(x, image_size=image_size, crop=crop)
+    else:
+        x = _resize(x, image_size)
+    if mean:
+        x = (x - x.new_tensor(mean).view(1, -1, 1, 1)) / x.new_tensor(std).view(1, -1, 1, 1)
+    return x

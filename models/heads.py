@@ -1,0 +1,46 @@
+"""Cluster heads, replicated C times on a shared backbone for DivClust (spec divclust.md §2)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class MultiHeadLinear(nn.Module):
+    """C independent linear maps in one tensor: (N, in) or (C, N, in) -> (C, N, out).
+
+    Each head is initialised exactly like `nn.Linear` (Kaiming-uniform, a = sqrt(5); bias U(+-1/sqrt(in))),
+    independently, so heads differ only by their random init.
+    """
+
+    def __init__(self, in_features: int, out_features: int, heads: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(heads, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(heads, 1, out_features))
+        bound = 1.0 / math.sqrt(in_features)
+        for h in range(heads):
+            nn.init.kaiming_uniform_(self.weight.data[h], a=math.sqrt(5))
+            nn.init.uniform_(self.bias.data[h], -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # (N, in) broadcasts against the C weight matrices; (C, N, in) is a batched matmul.
+        return torch.matmul(x, self.weight.transpose(1, 2)) + self.bias
+
+
+class ClusterHeads(nn.Module):
+    """C cluster heads, each Linear(d, hidden) -> ReLU -> Linear(hidden, K) (hidden = 0: a single Linear),
+    ending in a softmax: (N, d) -> (C, N, K) probabilities."""
+
+    def __init__(self, in_features: int, num_clusters: int, clusterings: int = 1, hidden: int = 0):
+        super().__init__()
+        self.hidden = MultiHeadLinear(in_features, hidden, clusterings) if hidden else None
+        self.out = MultiHeadLinear(hidden or in_features, num_clusters, clusterings)
+
+    def logits(self, h: Tensor) -> Tensor:
+        if self.hidden is not None:
+            return self.out(torch.relu(self.hidden(h)))
+        return self.out(h)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.softmax(self.logits(h).float(), dim=-1)

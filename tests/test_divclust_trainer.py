@@ -1,0 +1,37 @@
+"""The trainer's DivClust state: threshold and label bank follow the spec's mechanism and survive a checkpoint."""
+import io
+
+import pytest
+import torch
+
+from engine.config import ConfigError, resolve
+from engine.divclust import DivClust
+
+
+def one_hot(labels, k):
+    return torch.nn.functional.one_hot(labels, k).double()
+
+
+def test_threshold_adapts_and_state_round_trips():
+    cfg = resolve(["--clusterings", "3", "--NMI_target", "0.8", "--NMI_interval", "2"])
+    div = DivClust(cfg, torch.device("cpu"))
+    assert div.active and div.threshold == 1.0
+    shared = torch.randint(0, 4, (10,), generator=torch.Generator().manual_seed(3))
+    p = one_hot(shared.repeat(3, 1), 4)               # identical clusterings: NMI 1 > target, so d shrinks
+    losses = [div.step(p, step)[0] for step in range(3)]
+    assert div.threshold == pytest.approx(0.99 ** 2)  # updates at steps 0 and 2
+    assert div.bank.shape == (3, 30)
+    assert losses[-1].item() > 0                      # identical clusterings are penalised once d < 1
+    buffer = io.BytesIO()
+    torch.save(div.state_dict(), buffer)
+    buffer.seek(0)
+    restored = DivClust(cfg, torch.device("cpu"))
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.threshold == div.threshold and torch.equal(restored.bank, div.bank)
+
+
+def test_divclust_config_errors():
+    with pytest.raises(ConfigError, match="clusterings 2 or more"):
+        DivClust.check_config(resolve(["--NMI_target", "0.8"]))
+    with pytest.raises(ConfigError, match="NMI_target"):
+        DivClust.check_config(resolve(["--clusterings", "2", "--NMI_target", "1.5"]))
