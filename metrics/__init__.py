@@ -6,4 +6,5 @@ from .torch_metrics import (ari_from_contingency, ari_torch, contingency_matrix,
                             nmi_torch)
 
 __all__ = ["ari", "ari_from_contingency", "ari_torch", "cluster_acc", "contingency", "contingency_matrix",
-           "evaluate_clustering", "inter_clustering_nmi", "mean_inter_clustering_nmi", "nmi", "nmi_from_contingency", "nmi_torch"]
+           "evaluate_clustering", "inter_clustering_nmi", "mean_inter_clustering_nmi", "nmi", "nmi_from_contingency",
+           "nmi_torch"]

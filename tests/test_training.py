@@ -10,7 +10,7 @@ import torch
 import main as entry
 from engine.checkpoint import CheckpointError, save_atomic
 from engine.config import ConfigError
-from engine.trainer import TrainingDiverged
+from engine.trainer import Trainer, TrainingDiverged
 
 
 def run_dir_of(tmp_path, name):
@@ -46,11 +46,22 @@ def test_training_lowers_the_loss(tiny_args, tmp_path):
     assert losses[-1] < losses[0] - 0.1, losses
 
 
-def test_resume_continues_exactly(tiny_args, tmp_path):
-    args = tiny_args + ["--deterministic", "true"]
-    full = entry.main(args + ["--epochs", "4", "--run_name", "full"])
-    entry.main(args + ["--epochs", "2", "--run_name", "part"])
-    resumed = entry.main(args + ["--epochs", "4", "--resume", str(run_dir_of(tmp_path, "part"))])
+def test_resume_continues_exactly(tiny_args, tmp_path, monkeypatch):
+    # The preset's cosine schedule spans all 4 epochs, so the interrupted run is killed (not shortened).
+    args = tiny_args + ["--deterministic", "true", "--epochs", "4"]
+    full = entry.main(args + ["--run_name", "full"])
+    real_save = Trainer.save_checkpoint
+
+    def save_then_die(self, name):
+        real_save(self, name)
+        if name == "last.pt" and self.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        entry.main(args + ["--run_name", "part"])
+    monkeypatch.undo()
+    resumed = entry.main(args + ["--resume", str(run_dir_of(tmp_path, "part"))])
     assert resumed["heads"] == full["heads"] and resumed["kmeans"] == full["kmeans"]
     a = torch.load(run_dir_of(tmp_path, "full") / "checkpoints/last.pt", weights_only=True)
     b = torch.load(run_dir_of(tmp_path, "part") / "checkpoints/last.pt", weights_only=True)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 _choice: str | None = None
+_controller = None  # threadpoolctl.ThreadpoolController, or False when threadpoolctl is missing
 
 
 def _time(fn, repeats: int = 5) -> float:
@@ -46,16 +47,21 @@ def _calibrate() -> str:
 
 @contextmanager
 def cpu_gemm_scope():
-    """Inside a CPU fit (after PyTorch is set to one intra-op thread): pick the BLAS once per process, and while
-    NumPy's is in use, hold it to one thread per caller (the fit's row-range threads provide the parallelism)."""
-    global _choice
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # cannot control NumPy's BLAS threads: stay with PyTorch's
-        _choice = "torch"
+    """Inside a CPU fit (after PyTorch is set to one intra-op thread): pick the BLAS once per process, and hold
+    NumPy's BLAS to one thread per caller (the fit's row-range threads provide the parallelism). The limit is
+    process-wide while the fit runs."""
+    global _choice, _controller
+    if _controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _controller = ThreadpoolController()  # scanning the loaded libraries once is enough
+        except ImportError:  # cannot control NumPy's BLAS threads: stay with PyTorch's
+            _controller, _choice = False, "torch"
+    if _controller is False:
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _controller.limit(limits=1, user_api="blas"):
         if _choice is None:
             _choice = _calibrate()
         yield

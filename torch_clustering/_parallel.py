@@ -10,6 +10,7 @@ one join per pass and nothing spins. GPU tensors never use the pool.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ MIN_WORK_PER_THREAD = 1 << 22  # multiply-adds of one pass below which another t
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+_pool_key: tuple[int, int] = (0, 0)  # (size, pid): a forked child must not reuse its parent's (threadless) pool
 _state = threading.local()
 
 
@@ -34,14 +35,15 @@ def _one_intra_op_thread() -> None:
 
 
 def _get_pool(size: int) -> ThreadPoolExecutor:
-    global _pool, _pool_size
+    global _pool, _pool_key
+    key = (size, os.getpid())
     with _lock:
-        if _pool is None or _pool_size != size:
-            if _pool is not None:
+        if _pool is None or _pool_key != key:
+            if _pool is not None and _pool_key[1] == key[1]:
                 _pool.shutdown(wait=True)
             _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="torch_clustering",
                                        initializer=_one_intra_op_thread)
-            _pool_size = size
+            _pool_key = key
         return _pool
 
 

@@ -28,12 +28,14 @@ def as_data_matrix(X, *, name: str = "X") -> torch.Tensor:
         raise ValueError(f"{name} must be real-valued, got dtype {X.dtype}")
     if X.dtype not in (torch.float32, torch.float64):
         X = X.to(torch.float32)
-    return X
+    return X.detach()
 
 
-def empty_message(X: torch.Tensor, *, name: str = "X") -> str | None:
+def empty_message(X: torch.Tensor, *, name: str = "X", sharded: bool = False) -> str | None:
     if X.shape[0] == 0 or X.shape[1] == 0:
-        return f"{name} is empty (shape {tuple(X.shape)}); k-means/GMM need at least one point with one feature"
+        where = " on this rank (with sharded data every rank needs at least one row)" if sharded else ""
+        return (f"{name} is empty{where} (shape {tuple(X.shape)}); k-means/GMM need at least one point with one "
+                f"feature")
     return None
 
 

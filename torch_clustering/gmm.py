@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _validation as check
-from ._collectives import Collectives, layout, raise_together, same_width_message
+from ._collectives import LOCAL, Collectives, layout, raise_together, same_width_message
 from ._distances import Workspace, prepare, sq_norms_of_rows
 from ._parallel import cpu_fit
 from .kmeans import _lloyd
@@ -235,7 +235,7 @@ class GaussianMixture:
     def _fit(self, X: torch.Tensor) -> "GaussianMixture":
         data_comm, restart_comm = layout(self.distributed, self.sharded)
         group = data_comm if data_comm.world_size > 1 else restart_comm
-        raise_together(check.empty_message(X), group, X.device)
+        raise_together(check.empty_message(X, sharded=data_comm.world_size > 1), group, X.device)
         raise_together(same_width_message(X, data_comm), group, X.device)
         ws = prepare(X, self.metric, data_comm, chunk_size=self.chunk_size, memory_budget_mb=self.memory_budget_mb)
         raise_together(check.workspace_message(X, ws.finite), group, X.device)
@@ -263,7 +263,6 @@ class GaussianMixture:
         if world > 1:
             best = _best_over_ranks(best, restart_comm)
 
-        self._shift = ws.shift
         p = best.params
         self.means_ = ws.to_user(p.means)
         self.cluster_centers_ = self.means_
@@ -282,33 +281,27 @@ class GaussianMixture:
         return self.fit(X).labels_
 
     # ------------------------------------------------------------------------------------------- prediction
-    def _workspace(self, X) -> Workspace:
+    def _workspace(self, X: torch.Tensor) -> Workspace:
         if not hasattr(self, "means_"):
             raise ValueError("this GaussianMixture is not fitted yet; call fit(X) first")
-        X = check.as_data_matrix(X)
         message = check.empty_message(X) or check.non_finite_message(X)
         if message:
             raise ValueError(message)
         if X.shape[1] != self.means_.shape[1]:
             raise ValueError(f"X has {X.shape[1]} features but the model has {self.means_.shape[1]}")
         X = X.to(self.means_.device, self.means_.dtype)
-        if self.metric == "cosine":
-            return Workspace(F.normalize(X, dim=1), None, None, "cosine", X.shape[0], self.chunk_size,
-                             self.memory_budget_mb)
-        Xc = X - self._shift
-        return Workspace(Xc, self._shift, sq_norms_of_rows(Xc), "euclidean", X.shape[0],
-                         self.chunk_size, self.memory_budget_mb)
+        return prepare(X, self.metric, LOCAL, chunk_size=self.chunk_size, memory_budget_mb=self.memory_budget_mb)
 
-    def _internal_params(self) -> _Params:
-        means = self.means_ - self._shift if self._shift is not None else self.means_
-        return _Params(means, self.covariances_, self.weights_)
+    def _internal_params(self, ws: Workspace) -> _Params:
+        return _Params(ws.to_internal(self.means_), self.covariances_, self.weights_)
 
     def predict_proba(self, X) -> torch.Tensor:
         """Posterior probabilities (N, K) of the components for every row of X."""
-        ws = self._workspace(X)
-        proba = ws.X.new_empty((ws.X.shape[0], self.n_clusters))
-        with cpu_fit(ws.X.device, ws.X.numel() * self.n_clusters):
-            _e_step(ws, self._internal_params(), collect=False, out_proba=proba)
+        X = check.as_data_matrix(X)
+        with cpu_fit(X.device, X.numel() * self.n_clusters):
+            ws = self._workspace(X)
+            proba = ws.X.new_empty((ws.X.shape[0], self.n_clusters))
+            _e_step(ws, self._internal_params(ws), collect=False, out_proba=proba)
         return proba
 
     def predict(self, X) -> torch.Tensor:
@@ -316,8 +309,10 @@ class GaussianMixture:
 
     def score(self, X) -> float:
         """Mean log-likelihood per row of X under the fitted model (scikit-learn's `score`)."""
-        ws = self._workspace(X)
-        total, _ = _e_step(ws, self._internal_params(), collect=False)
+        X = check.as_data_matrix(X)
+        with cpu_fit(X.device, X.numel() * self.n_clusters):
+            ws = self._workspace(X)
+            total, _ = _e_step(ws, self._internal_params(ws), collect=False)
         return float(total) / ws.X.shape[0]
 
 

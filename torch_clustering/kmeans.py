@@ -205,7 +205,7 @@ def _fit(X: torch.Tensor, n_clusters: int, *, metric: str, init, n_init: int, ma
          memory_budget_mb: float, verbose: bool) -> KMeansResult:
     data_comm, restart_comm = data_and_restarts
     group = data_comm if data_comm.world_size > 1 else restart_comm
-    raise_together(check.empty_message(X), group, X.device)
+    raise_together(check.empty_message(X, sharded=data_comm.world_size > 1), group, X.device)
     raise_together(same_width_message(X, data_comm), group, X.device)
     ws = prepare(X, metric, data_comm, chunk_size=chunk_size, memory_budget_mb=memory_budget_mb)
     raise_together(check.workspace_message(X, ws.finite), group, X.device)
