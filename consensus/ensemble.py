@@ -7,6 +7,7 @@ to 0..k_c-1, so the bipartite incidence matrix has no empty cluster columns (con
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,8 +40,14 @@ def as_label_matrix(labels: torch.Tensor | np.ndarray | Sequence, n_clusters: in
     if array.dtype.kind not in "iub":
         raise ValueError(f"labels must be integer cluster ids, got dtype {array.dtype}")
     num_clusterings, num_points = array.shape
-    if num_clusterings < 1 or num_points < 1:
-        raise ValueError(f"labels must hold at least one clustering of at least one point, got shape {array.shape}")
+    if num_clusterings < 1:
+        raise ValueError(f"consensus needs at least 2 clusterings, got none (labels of shape {array.shape})")
+    if num_points < 1:
+        raise ValueError(f"labels must label at least one point, got shape {array.shape}")
+    if num_clusterings == 1:
+        # consensus.md §6: C = 1 returns that clustering renumbered; say that nothing was combined.
+        warnings.warn("consensus needs at least 2 clusterings, got 1: nothing to combine, returning that "
+                      "clustering renumbered", UserWarning, stacklevel=3)
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
         raise ValueError(f"n_clusters must be an int, got {n_clusters!r}")
     if n_clusters < 1 or n_clusters > num_points:

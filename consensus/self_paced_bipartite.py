@@ -10,10 +10,17 @@ of base clusters):
 - W-step (non-convex box QP per point): projected gradient with per-row step 1/L_i (Gershgorin bound),
   started from the previous W; monotone, so it stops at a local solution near the start point, as
   ``quadprog`` does (which local solution is found may differ from MATLAB's trust-region method);
-- S-step (convex box QP per point): FISTA with adaptive (gradient) restart, started from the previous S;
+- S-step (convex box QP per point, unique minimiser when every weight is > 0): for rows whose weights are
+  all 1 (every row once the self-paced weights have saturated, which for the default gamma happens in the
+  first W-step) all rows share one diagonally dominant Hessian, and projected Jacobi sweeps (one
+  rows x v by v x v product each, the first ones in float32) converge to the minimiser in about 7 sweeps;
+  other rows use FISTA with adaptive (gradient) restart, started from the previous S (``box_qp.py``);
 - rows whose curvature bound is 0 have a linear objective: each coordinate goes to the bound that its
   gradient sign dictates;
-- each row stops when its max |change| < 1e-10, or after 5,000 iterations.
+- each row stops when its max |change| < 1e-10 (in a float64 sweep), or after 5,000 iterations;
+- the rows are processed in cache-sized blocks on a small thread pool, each thread with one intra-op thread
+  (``row_blocks.py``); the statistics of the spectral step (degrees and S^T D1^{-1} S) are accumulated
+  from each block as the S-step finishes it, so S is read once per iteration.
 
 Differences from the official code, none of which changes the output:
 - columns of empty base clusters are not formed (the labels are renumbered per clustering);
@@ -23,10 +30,13 @@ The output is, as officially, the connected components of the final bipartite gr
 c' != c (singleton points whose edges were all removed; or the loop ran out of iterations). The result is
 returned as is, with a warning naming c' and c (never silently re-clustered).
 
-Measured (CPU, 2 cores shared with other jobs, float64, 20 noisy copies with 30 % noise of a 10-cluster
-truth, default gamma): N = 2,000 -> 10 clusters, NMI 1.0, ~1-2 s; N = 20,000 -> NMI 1.0, 139 s; N = 60,000
--> 10 clusters, NMI 1.0, 335 s, 1.5 GB peak RSS; the rank test was met at iteration 20 of 20 (the number of
-lambda doublings needed grows like log2(N C), since dist scales like 1/(N C)). With gamma = 1e-3 at
+Measured (CPU, 2 cores shared with other jobs at load average 12-16, 20 noisy copies with 30 % noise of a
+10-cluster truth, default gamma; ``scripts/bench_consensus.py``, ``docs/benchmarks.md``): N = 6,000 ->
+10 clusters, NMI 1.0, 4-6 s (the previous all-FISTA, 8192-row-chunk implementation: 67-77 s in the same
+runs, same labels, S equal to 2e-11); N = 60,000 -> 10 clusters, NMI 1.0, 58.7 s (load 12.9) and 62.5 s
+(load 15.4-16.2), against 961 s for the previous implementation in the same run (same labels);
+the rank test was met at iteration 20 of 20 (the number of lambda doublings needed grows like log2(N C),
+since dist scales like 1/(N C)). With gamma = 1e-3 at
 N = 2,000 (beyond the breakdown scale) this solver still finds 10 clusters (NMI 1.0) where the spec's
 reference implementation found 291 components: in that regime the result depends on the local solution
 of the non-convex W-step.
@@ -38,7 +48,6 @@ drop observed edges (consensus.md §3).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -49,7 +58,9 @@ import torch
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
+from consensus.box_qp import solve_s_rows, solve_s_rows_unit_weights, solve_w_rows, unit_weight_jacobi
 from consensus.ensemble import as_label_matrix, first_appearance_order, incidence_matrix, relabel_rows
+from consensus.row_blocks import for_each_row_block, single_intra_op_thread
 
 __all__ = ["sccbg", "sccbg_solve", "SCCBGResult", "default_gamma"]
 
@@ -59,10 +70,6 @@ _RHO_INIT = 0.5
 _SPARSIFY_BELOW = 1e-4
 _EIGEN_TOL = 1e-7
 _DEGREE_EPS = 2.220446049250313e-16  # MATLAB eps
-# Batched QP solver settings (consensus.md §4).
-_QP_TOL = 1e-10
-_QP_MAX_ITER = 5000
-_ROW_CHUNK = 8192
 # Problems with at most this many graph entries (N * v) run single-threaded on the CPU: their matrix
 # products take microseconds, and thread synchronisation costs more than it saves (on a 2-core machine
 # shared with other jobs, 60x more: 7 s instead of 0.1 s for N = 500, v = 60).
@@ -88,139 +95,71 @@ def default_gamma(num_clusterings: int, num_points: int, num_base_clusters: int)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Batched box-constrained QP solvers. Every row is an independent problem; rows are solved in chunks and a
-# row leaves the working set as soon as it has converged.
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _linear_row_step(x: Tensor, grad: Tensor) -> Tensor:
-    """Minimiser of a linear objective over [0, 1]: each coordinate goes to the bound its gradient sign
-    dictates (unchanged where the gradient is 0)."""
-    return torch.where(grad < 0, torch.ones_like(x), torch.where(grad > 0, torch.zeros_like(x), x))
-
-
-def _solve_w_rows(s: Tensor, b: Tensor, w: Tensor, affinity: Tensor, affinity_rowsum: Tensor,
-                  gamma: float, rho: float) -> Tensor:
-    """W-step for a block of rows (consensus.md §2a): local minimiser over [0,1]^v, started from ``w``, of
-    f(w) = sum_j (s_j - b_j)^2 w_j^2 + gamma sum_jk A_jk (s_j - s_k)^2 w_j w_k - rho sum_j w_j."""
-    delta = (s - b) ** 2  # [n, v]
-    s_sq = s * s
-    # Gershgorin bound of the Hessian 2 (diag(delta) + gamma Q), Q_jk = A_jk (s_j - s_k)^2 >= 0.
-    q_rowsum = (s_sq * affinity_rowsum - 2 * s * (s @ affinity) + s_sq @ affinity).clamp_min(0)
-    lipschitz = 2 * (delta + gamma * q_rowsum).amax(dim=1)  # [n]
-
-    def gradient(w_: Tensor, s_: Tensor, s_sq_: Tensor, delta_: Tensor) -> Tensor:
-        coupling = s_sq_ * (w_ @ affinity) - 2 * s_ * ((s_ * w_) @ affinity) + (s_sq_ * w_) @ affinity
-        return 2 * delta_ * w_ + 2 * gamma * coupling - rho
-
-    out = w.clone()
-    flat = lipschitz <= 0
-    if flat.any():
-        out[flat] = _linear_row_step(w[flat], gradient(w[flat], s[flat], s_sq[flat], delta[flat]))
-    active = torch.nonzero(~flat).squeeze(1)
-    step = 1.0 / lipschitz[active].clamp_min(1e-300)
-    x, s, s_sq, delta = w[active], s[active], s_sq[active], delta[active]
-    for _ in range(_QP_MAX_ITER):
-        if active.numel() == 0:
-            break
-        x_new = (x - step[:, None] * gradient(x, s, s_sq, delta)).clamp_(0.0, 1.0)
-        moving = (x_new - x).abs().amax(dim=1) >= _QP_TOL
-        x = x_new
-        if not bool(moving.all()):
-            done = ~moving
-            out[active[done]] = x[done]
-            active, x, s, s_sq, delta, step = (t[moving] for t in (active, x, s, s_sq, delta, step))
-    if active.numel():
-        out[active] = x
-    return out
-
-
-def _solve_s_rows(w: Tensor, b: Tensor, x0: Tensor, dist: Tensor, affinity: Tensor,
-                  gamma: float, lam: float) -> Tensor:
-    """S-step for a block of rows (consensus.md §2d): minimiser over [0,1]^v, started from ``x0``, of
-    g(x) = sum_j w_j^2 (x_j - b_j)^2 + gamma sum_jk A_jk w_j w_k (x_j - x_k)^2 + lam sum_j dist_j x_j
-    (convex), by FISTA with adaptive restart."""
-    w_affinity = w @ affinity  # [n, v]
-    w_sq = w * w
-    lipschitz = (2 * w_sq + 8 * gamma * w * w_affinity).amax(dim=1)  # [n], Gershgorin bound
-    linear = lam * dist
-
-    def gradient(x_: Tensor, w_: Tensor, w_sq_: Tensor, wa_: Tensor, b_: Tensor, lin_: Tensor) -> Tensor:
-        smooth = w_ * wa_ * x_ - w_ * ((w_ * x_) @ affinity)
-        return 2 * w_sq_ * (x_ - b_) + 4 * gamma * smooth + lin_
-
-    out = x0.clone()
-    flat = lipschitz <= 0
-    if flat.any():
-        i = flat
-        out[i] = _linear_row_step(x0[i], gradient(x0[i], w[i], w_sq[i], w_affinity[i], b[i], linear[i]))
-    active = torch.nonzero(~flat).squeeze(1)
-    x = x0[active]
-    y = x.clone()
-    t = torch.ones(active.numel(), dtype=x.dtype, device=x.device)
-    w, w_sq, w_affinity, b, linear = w[active], w_sq[active], w_affinity[active], b[active], linear[active]
-    step = 1.0 / lipschitz[active].clamp_min(1e-300)
-    for _ in range(_QP_MAX_ITER):
-        if active.numel() == 0:
-            break
-        x_new = (y - step[:, None] * gradient(y, w, w_sq, w_affinity, b, linear)).clamp_(0.0, 1.0)
-        change = x_new - x
-        moving = change.abs().amax(dim=1) >= _QP_TOL
-        # Adaptive restart (O'Donoghue & Candes): drop the momentum when it points uphill.
-        restart = ((y - x_new) * change).sum(dim=1) > 0
-        t_new = torch.where(restart, torch.ones_like(t), (1 + torch.sqrt(1 + 4 * t * t)) / 2)
-        momentum = torch.where(restart, torch.zeros_like(t), (t - 1) / t_new)
-        y = x_new + momentum[:, None] * change
-        x, t = x_new, t_new
-        if not bool(moving.all()):
-            done = ~moving
-            out[active[done]] = x[done]
-            keep = moving
-            active, x, y, t, w, w_sq, w_affinity, b, linear, step = (
-                v[keep] for v in (active, x, y, t, w, w_sq, w_affinity, b, linear, step)
-            )
-    if active.numel():
-        out[active] = x
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Spectral step and components.
 # ---------------------------------------------------------------------------------------------------------
+
+
+class _GraphStatistics:
+    """What the spectral step needs from S, gathered block by block while each block is in cache: point
+    degrees d1 [N], cluster degrees d2 [v] and the unscaled Gram S^T D1^{-1} S [v, v]. Partial sums are
+    added in block order, so the result does not depend on the thread count."""
+
+    def __init__(self, num_points: int, like: Tensor) -> None:
+        self.point_degrees = torch.empty(num_points, dtype=like.dtype, device=like.device)
+        self._partials: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def add_block(self, rows: slice, block: Tensor) -> None:
+        degrees = block.sum(dim=1)  # [n]
+        self.point_degrees[rows] = degrees
+        inv_d1 = 1.0 / degrees.sqrt().clamp_min(_DEGREE_EPS) ** 2  # [n], as (1/max(sqrt d1, eps))^2
+        self._partials[rows.start] = (block.sum(dim=0), (block * inv_d1[:, None]).T @ block)
+
+    def totals(self) -> tuple[Tensor, Tensor, Tensor]:
+        starts = sorted(self._partials)
+        cluster_degrees, gram = (t.clone() for t in self._partials[starts[0]])
+        for start in starts[1:]:
+            cluster_degrees += self._partials[start][0]
+            gram += self._partials[start][1]
+        return self.point_degrees, cluster_degrees, gram
 
 
 @dataclass
 class _Spectral:
     rank_sum: float  # fn1 = e_1 + ... + e_c
     rank_sum_next: float  # fn2 = e_1 + ... + e_{c+1}
-    point_embedding: Tensor  # U1 = D1^{-1/2} U  [N, c]
-    cluster_embedding: Tensor  # V1 = D2^{-1/2} V  [v, c]
+    inv_point_degrees: Tensor  # D1^{-1} (as (1/max(sqrt d1, eps))^2)  [N]
+    projection: Tensor  # D2^{-1/2} V diag(e)^{-1/2} / sqrt(2)  [v, c], so that U1 = D1^{-1} S projection
+    cluster_embedding: Tensor  # V1 = D2^{-1/2} V / sqrt(2)  [v, c]
 
-    def dist(self, rows: slice) -> Tensor:
-        """dist_ij = max(0, |U1_i|^2 + |V1_j|^2 - 2 U1_i . V1_j) for the given point rows -> [n, v]."""
-        u, v = self.point_embedding[rows], self.cluster_embedding
+    def dist(self, rows: slice, graph_rows: Tensor) -> Tensor:
+        """dist_ij = max(0, |U1_i|^2 + |V1_j|^2 - 2 U1_i . V1_j) for the given point rows -> [n, v], with
+        U1 = D1^{-1/2} U = D1^{-1} S D2^{-1/2} V diag(e)^{-1/2} / sqrt(2) (consensus.md §2b-c)."""
+        u = (graph_rows * self.inv_point_degrees[rows, None]) @ self.projection  # [n, c]
+        v = self.cluster_embedding
         dist = (u * u).sum(1, keepdim=True) + (v * v).sum(1)[None, :] - 2 * u @ v.T
         return dist.clamp_min_(0.0)
 
 
-def _spectral_step(graph: Tensor, n_clusters: int) -> _Spectral:
-    """Normalised bipartite spectral embedding of S and the rank test sums (consensus.md §2b-c)."""
-    inv_sqrt_d1 = 1.0 / graph.sum(dim=1).sqrt().clamp_min(_DEGREE_EPS)  # [N]
-    inv_sqrt_d2 = 1.0 / graph.sum(dim=0).sqrt().clamp_min(_DEGREE_EPS)  # [v]
-    normalized = inv_sqrt_d1[:, None] * graph * inv_sqrt_d2[None, :]  # S~ [N, v]
-    gram = normalized.T @ normalized  # [v, v]
+def _spectral_step(statistics: _GraphStatistics, n_clusters: int) -> _Spectral:
+    """Normalised bipartite spectral embedding of S and the rank test sums (consensus.md §2b-c):
+    G = S~^T S~ with S~ = D1^{-1/2} S D2^{-1/2}, from the block-wise statistics of S."""
+    point_degrees, cluster_degrees, gram = statistics.totals()
+    inv_sqrt_d1 = 1.0 / point_degrees.sqrt().clamp_min(_DEGREE_EPS)  # [N]
+    inv_sqrt_d2 = 1.0 / cluster_degrees.sqrt().clamp_min(_DEGREE_EPS)  # [v]
+    gram = inv_sqrt_d2[:, None] * gram * inv_sqrt_d2[None, :]  # [v, v]
     gram = torch.maximum(gram, gram.T)
     eigenvalues, eigenvectors = torch.linalg.eigh(gram)  # ascending
     eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)  # descending
     c = min(n_clusters, eigenvalues.numel())
     top_values, v_embed = eigenvalues[:c], eigenvectors[:, :c]  # [c], [v, c]
-    # An eigenvalue that is 0 up to rounding would blow up the division; its column of S~ V is as tiny.
-    u_embed = (normalized @ v_embed) / top_values.clamp_min(1e-12).sqrt()[None, :]  # [N, c]
     scale = math.sqrt(2) / 2
+    # An eigenvalue that is 0 up to rounding would blow up the division; its column of S~ V is as tiny.
+    projection = inv_sqrt_d2[:, None] * v_embed * (scale / top_values.clamp_min(1e-12).sqrt())[None, :]
     return _Spectral(
         rank_sum=float(eigenvalues[:c].sum()),
         rank_sum_next=float(eigenvalues[: c + 1].sum()),
-        point_embedding=inv_sqrt_d1[:, None] * (u_embed * scale),
+        inv_point_degrees=inv_sqrt_d1 * inv_sqrt_d1,
+        projection=projection,
         cluster_embedding=inv_sqrt_d2[:, None] * (v_embed * scale),
     )
 
@@ -238,36 +177,29 @@ def _graph_components(graph: np.ndarray) -> np.ndarray:
     return first_appearance_order(component[:num_points])
 
 
-@contextlib.contextmanager
-def _cpu_threads_for(device: torch.device, entries: int):
-    """Run small CPU problems with one intra-op thread (restored afterwards)."""
-    previous = torch.get_num_threads()
-    if device.type != "cpu" or entries > _SINGLE_THREAD_MAX_ENTRIES or previous == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The algorithm.
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _alternate(incidence: Tensor, n_clusters: int, gamma: float, max_iter: int) -> tuple[Tensor, bool, int]:
+def _alternate(incidence: Tensor, n_clusters: int, gamma: float, max_iter: int, workers: int,
+               unit_weight_solver: bool = True) -> tuple[Tensor, bool, int]:
     """The SCCBG loop (consensus.md §2) on the incidence B [N, v] -> (learned graph S, stopped on the rank
-    test, iterations run)."""
+    test, iterations run). On a CPU, call it with one intra-op thread and ``workers`` row-block threads.
+    ``unit_weight_solver=False`` solves every S-step row with the general FISTA solver (reference path)."""
     num_points = incidence.shape[0]
     affinity = incidence.T @ incidence  # A = B^T B [v, v], co-occurrence counts
     affinity_rowsum = affinity.sum(dim=1)  # [v]
+    coupling, inv_diag = unit_weight_jacobi(affinity, gamma)  # S-step operators for rows whose weights are 1
+    coupling_low = coupling.float() if incidence.dtype == torch.float64 else None  # float32 warm-up sweeps
     graph = incidence.clone()  # S
     weights = torch.zeros_like(incidence)  # W
     lam, rho = _LAMBDA_INIT, _RHO_INIT
+    device = incidence.device
+    statistics = _GraphStatistics(num_points, incidence)
+    for_each_row_block(num_points, device, lambda rows: statistics.add_block(rows, graph[rows]), workers=workers)
     for iteration in range(1, max_iter + 1):
-        spectral = _spectral_step(graph, n_clusters)
+        spectral = _spectral_step(statistics, n_clusters)
         if spectral.rank_sum < n_clusters - _EIGEN_TOL:  # fewer than c components
             lam = 2 * lam
         elif spectral.rank_sum_next > n_clusters + 1 - _EIGEN_TOL:  # more than c components
@@ -275,25 +207,43 @@ def _alternate(incidence: Tensor, n_clusters: int, gamma: float, max_iter: int) 
         else:  # exactly c components: stop before the S-step (the W-step of this iteration is moot)
             return graph, True, iteration
         if bool((weights < 1).any()):  # W-step (uses rho, not lambda), skipped once every weight is 1
-            for start in range(0, num_points, _ROW_CHUNK):
-                rows = slice(start, start + _ROW_CHUNK)
-                weights[rows] = _solve_w_rows(graph[rows], incidence[rows], weights[rows], affinity,
-                                              affinity_rowsum, gamma, rho)
+
+            def w_step(rows: slice, rho: float = rho) -> None:
+                weights[rows] = solve_w_rows(graph[rows], incidence[rows], weights[rows], affinity,
+                                             affinity_rowsum, gamma, rho)
+
+            for_each_row_block(num_points, device, w_step, workers=workers)
         new_graph = torch.empty_like(graph)
-        for start in range(0, num_points, _ROW_CHUNK):
-            rows = slice(start, start + _ROW_CHUNK)
-            new_graph[rows] = _solve_s_rows(weights[rows], incidence[rows], graph[rows], spectral.dist(rows),
-                                            affinity, gamma, lam)
+        new_statistics = _GraphStatistics(num_points, incidence)
+
+        def s_step(rows: slice, lam: float = lam, spectral: _Spectral = spectral,
+                   new_statistics: _GraphStatistics = new_statistics) -> None:
+            block_weights, start = weights[rows], graph[rows]
+            dist = spectral.dist(rows, start)
+            if unit_weight_solver and bool((block_weights == 1).all()):  # shared Hessian: projected Jacobi
+                solved = solve_s_rows_unit_weights(incidence[rows], start, dist, coupling, inv_diag, lam,
+                                                   coupling_low=coupling_low)
+            else:
+                solved = solve_s_rows(block_weights, incidence[rows], start, dist, affinity, gamma, lam)
+            solved.masked_fill_(solved < _SPARSIFY_BELOW, 0.0)  # sparsify (step e)
+            new_graph[rows] = solved
+            new_statistics.add_block(rows, solved)  # for the next spectral step
+
+        for_each_row_block(num_points, device, s_step, workers=workers)
         del spectral
-        new_graph[new_graph < _SPARSIFY_BELOW] = 0.0  # sparsify
-        graph = new_graph
+        graph, statistics = new_graph, new_statistics
         rho = 2 * rho
     return graph, False, max_iter
 
 
 def sccbg_solve(labels, n_clusters: int, *, gamma: float | None = None, max_iter: int = 20,
-                device: str | torch.device = "cpu") -> SCCBGResult:
-    """Run SCCBG and return the labels together with the solver's state (see ``sccbg``)."""
+                device: str | torch.device = "cpu", unit_weight_solver: bool = True,
+                workers: int | None = None) -> SCCBGResult:
+    """Run SCCBG and return the labels together with the solver's state (see ``sccbg``).
+
+    ``unit_weight_solver=False`` forces the general FISTA S-step for every row (the slower reference path,
+    for tests); ``workers`` overrides the number of CPU row-block threads (default: PyTorch's thread count,
+    1 for small problems); neither changes the result beyond rounding."""
     label_matrix = as_label_matrix(labels, n_clusters)
     if int(max_iter) < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
@@ -308,9 +258,13 @@ def sccbg_solve(labels, n_clusters: int, *, gamma: float | None = None, max_iter
         raise ValueError(f"gamma must be a positive finite float, got {gamma}")
 
     device = torch.device(device)
-    with _cpu_threads_for(device, num_points * num_base_clusters):
+    with single_intra_op_thread() as threads:
+        # Small problems run on one thread: their products take microseconds, less than a thread hand-over.
+        if workers is None:
+            workers = 1 if num_points * num_base_clusters <= _SINGLE_THREAD_MAX_ENTRIES else threads
         incidence = torch.as_tensor(incidence_np.toarray(), dtype=torch.float64, device=device)  # B [N, v]
-        graph, stopped, iterations = _alternate(incidence, n_clusters, gamma, int(max_iter))
+        graph, stopped, iterations = _alternate(incidence, n_clusters, gamma, int(max_iter), int(workers),
+                                                unit_weight_solver)
     graph_np = graph.cpu().numpy()
     point_labels = _graph_components(graph_np)
     found = int(point_labels.max()) + 1

@@ -15,7 +15,9 @@ from scipy.optimize import minimize
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from consensus import coassociation_average_linkage, hbgf, run_consensus, sccbg
-from consensus.self_paced_bipartite import _solve_s_rows, _solve_w_rows, sccbg_solve
+from consensus.box_qp import solve_s_rows as _solve_s_rows
+from consensus.box_qp import solve_s_rows_unit_weights, solve_w_rows as _solve_w_rows, unit_weight_jacobi
+from consensus.self_paced_bipartite import sccbg_solve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,6 +121,58 @@ def test_sccbg_w_step_reaches_a_stationary_point_below_the_start():
         assert np.abs(np.clip(solved[i] - gradient, 0, 1) - solved[i]).max() < 1e-8  # projected-gradient KKT
 
 
+def test_sccbg_unit_weight_jacobi_solves_the_row_qps():
+    # With all weights 1 the S-step QP is strictly convex: Jacobi (float64 alone, or after float32 sweeps),
+    # FISTA and an independent L-BFGS-B solve must reach the same minimiser.
+    rng = np.random.default_rng(2)
+    rows, width, gamma, lam = 5, 7, 0.02, 1.3
+    counts = rng.integers(0, 3, (40, width)).astype(float)
+    affinity = counts.T @ counts
+    b = (rng.random((rows, width)) < 0.4).astype(float)
+    x0, dist = rng.random((rows, width)), rng.random((rows, width))
+    dist[0] = 0.0  # a row with no spectral pull
+    ones = np.ones((rows, width))
+
+    def objective(x, i):
+        coupling = affinity * (x[:, None] - x[None, :]) ** 2
+        return np.sum((x - b[i]) ** 2) + gamma * coupling.sum() + lam * dist[i] @ x
+
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    coupling, inv_diag = unit_weight_jacobi(t(affinity), gamma)
+    jacobi = solve_s_rows_unit_weights(t(b), t(x0), t(dist), coupling, inv_diag, lam).numpy()
+    mixed = solve_s_rows_unit_weights(t(b), t(x0), t(dist), coupling, inv_diag, lam,
+                                      coupling_low=coupling.float()).numpy()
+    fista = _solve_s_rows(t(ones), t(b), t(x0), t(dist), t(affinity), gamma, lam).numpy()
+    for i in range(rows):
+        reference = minimize(objective, x0[i], args=(i,), bounds=[(0, 1)] * width, method="L-BFGS-B",
+                             options={"ftol": 1e-15, "gtol": 1e-12})
+        assert objective(jacobi[i], i) <= reference.fun + 1e-12
+        np.testing.assert_allclose(jacobi[i], reference.x, atol=1e-6)
+    np.testing.assert_allclose(jacobi, fista, atol=1e-9)
+    np.testing.assert_allclose(mixed, jacobi, atol=1e-9)
+
+
+def test_sccbg_fast_path_matches_the_reference_path():
+    # The unit-weight Jacobi S-step on 2 row-block threads against the all-FISTA path on one thread
+    # (the implementation before the speed-up): same labels up to renaming, same graph up to solver tolerance.
+    truth, labels = _noisy_ensemble(1500, 6, 10, noise=0.3, seed=6)
+    fast = sccbg_solve(labels, 6, workers=2)
+    reference = sccbg_solve(labels, 6, workers=1, unit_weight_solver=False)
+    assert fast.iterations == reference.iterations and fast.stopped_on_rank == reference.stopped_on_rank
+    assert adjusted_rand_score(reference.labels, fast.labels) == 1.0
+    np.testing.assert_allclose(fast.graph, reference.graph, atol=1e-8)
+    assert normalized_mutual_info_score(truth, fast.labels) > 0.95
+    assert int((np.bincount(fast.labels) >= 100).sum()) == 6  # the planted clusters (+ stray singletons)
+    np.testing.assert_array_equal(fast.graph, sccbg_solve(labels, 6, workers=1).graph)  # thread count
+
+
+def test_sccbg_is_importable_on_its_own():
+    code = "from consensus import sccbg; import numpy as np; print(sccbg(np.array([[0, 0, 1, 1], [1, 1, 0, 0]]), 2))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0 0 1 1]"
+
+
 # ----------------------------------------------------------------------------------------------- baselines
 
 
@@ -144,10 +198,11 @@ def test_coassociation_refuses_large_inputs():
         coassociation_average_linkage(np.zeros((2, 50), dtype=np.int64), 2, max_points=40)
 
 
-def test_single_clustering_is_returned_renumbered():
+def test_single_clustering_is_returned_renumbered_with_a_warning():
     row = np.array([[7, 7, 3, 9, 3]])
     for method in ("sccbg", "hbgf", "coassoc"):
-        np.testing.assert_array_equal(run_consensus(row, 3, method=method), [0, 0, 1, 2, 1])
+        with pytest.warns(UserWarning, match="at least 2 clusterings, got 1"):
+            np.testing.assert_array_equal(run_consensus(row, 3, method=method), [0, 0, 1, 2, 1])
 
 
 # ---------------------------------------------------------------------------------------- input checking
@@ -175,6 +230,10 @@ def test_bad_inputs_raise(method):
         method(np.zeros((2, 6)), 2)
     with pytest.raises(ValueError, match="mismatched lengths"):
         method([np.zeros(6, dtype=np.int64), np.zeros(5, dtype=np.int64)], 2)
+    with pytest.raises(ValueError, match="mismatched lengths"):
+        method([torch.zeros(6, dtype=torch.long), torch.zeros(4, dtype=torch.long)], 2)
+    with pytest.raises(ValueError, match="at least 2 clusterings"):
+        method(np.zeros((0, 6), dtype=np.int64), 2)
 
 
 # ------------------------------------------------------------------------------------------------- script
