@@ -1,0 +1,173 @@
+"""IIC: Invariant Information Clustering (Ji, Henriques, Vedaldi, ICCV 2019), image clustering.
+Spec: shared/specs/iic.md; DivClust composition: iic.md §8 (the framework's own definition).
+
+Network (iic.md §2): optional fixed Sobel front end on the ITU-R 601 luma of the [0, 1] image (`iic.sobel`; the
+Table-1 runs use it, MNIST does not) -> trunk (`backbone`: `resnet34_5g` = ClusterNet5gTrunk, `vgg_6c` =
+ClusterNet6cTrunk) -> head A (over-clustering, `iic.overcluster_k` clusters; 0 = no head A) and head B (main,
+`num_clusters`), each with `iic.sub_heads` sub-heads `Linear(d, k) -> softmax` (init N(0, 0.01), bias 0).
+`iic.bn_track false` makes every BatchNorm use batch statistics in training and evaluation, as the official
+CIFAR-10 and MNIST runs (evaluation then depends on the batch: set `eval_batch_size` to the official batch).
+
+Schedule (iic.md §5): a cycle of `head_A_epochs` epochs of head A and `head_B_epochs` epochs of head B, in the
+order `iic.head_order` (AB = the official `--head_A_first`). One epoch of the trainer = one full pass that
+optimises only the active head's sub-heads (the trunk always trains), so the official "2000 epochs" of
+A x1 + B x2 are 6,000 epochs here.
+
+Step (iic.md §3-§4): `batch_size` = B distinct images; view 0 is tf1, views 1..r are r independent tf2 views
+(r = `iic.repeats`); the original batch goes through the network once and its probabilities are tiled r times
+(block layout), which equals the official forward of the r-fold repeated batch: BatchNorm's batch mean and biased
+variance do not change when a batch is repeated (only the unbiased running-variance update differs, by a factor
+(rB - 1)/(B - 1) / r). Loss = mean over sub-heads of `iic_loss(p_tf1.repeat(r, 1), p_tf2, lamb)`, on the batch
+gathered from every DDP rank. The official step batch is r * B.
+
+Evaluation: `cluster_probs` returns every head-B sub-head as a separate head, so the evaluator reports each one
+and their mean; `select_head()` is the sub-head with the lowest loss summed over the latest head-B pass (label-free,
+the paper's "lowest-loss sub-head"). The official analysis script recomputes that loss in eval mode over the head-B
+data after training; here it is the training loss of the pass, without an extra pass over the data.
+
+DivClust (`--clusterings C`, iic.md §8): head B is C parallel K-way heads with no sub-heads (so C > 1 needs
+`--iic.sub_heads 1`); head A, when present, stays single (with its sub-heads), as PICA's over-clustering heads.
+`assignments` are head B's tf1 probabilities (C, b, K); detached during a head-A pass. The exact §8 definition
+(colour input, no Sobel, no head A, DivClust-PICA's data) is `--preset pica_cifar10 --method iic --iic.sobel false
+--iic.overcluster_k 0 --iic.sub_heads 1 --iic.repeats 3 --clusterings C --NMI_target T` (the `pica` augmentation
+then makes the clean view plus r perturbed views).
+
+MNIST (iic.md §5, design decision): the official greyscale script calls `net(imgs)` without `head=`, so its "head A"
+pass trains head B again (head A is never trained). The `iic_mnist` preset follows the intended schedule
+(B x2 then A x1 with head A really trained).
+
+Other differences from the official code: shuffled loaders with `drop_last=True` (official: sequential, last batch
+kept); no rounding of the grey image to 8 bits; augmentations from datasets/batch_augment.py (bilinear
+`grid_sample`, not PIL); heads that are not trained in a pass get zero gradients (not None), as the official
+`zero_grad()` of PyTorch 1.0 left them, so Adam keeps moving them by their decaying momentum exactly as there
+(this also keeps every parameter in the graph, which DistributedDataParallel requires); the final epoch is
+reported (no best-ACC checkpoint, pitfall 8).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from engine.distributed import gather_with_grad
+from losses.iic import iic_loss
+
+from .backbones import SobelFilter, build_backbone
+from .base import ClusteringMethod, DataInfo
+from .heads import ClusterHeads
+from .pica import gather_blocks, zero_touch
+
+
+def _sub_heads(dim: int, k: int, count: int) -> ClusterHeads:
+    """`count` parallel Linear(dim, k) -> softmax heads with IIC's init: weights N(0, 0.01), bias 0."""
+    heads = ClusterHeads(dim, k, count)
+    nn.init.normal_(heads.out.weight, 0.0, 0.01)
+    nn.init.zeros_(heads.out.bias)
+    return heads
+
+
+def _batch_statistics_only(module: nn.Module) -> None:
+    """BatchNorm without running statistics (official `--batchnorm_track` off): batch statistics always."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+
+
+class IIC(ClusteringMethod):
+    has_cluster_heads = True
+
+    @classmethod
+    def views_for(cls, cfg) -> int:
+        return 1 + int(cfg.iic.repeats)
+
+    def __init__(self, cfg, info: DataInfo):
+        super().__init__(cfg, info)
+        c = cfg.iic
+        if int(c.repeats) < 1 or int(c.sub_heads) < 1:
+            raise ValueError("iic.repeats and iic.sub_heads must be >= 1")
+        if self.clusterings > 1 and int(c.sub_heads) != 1:
+            raise ValueError(
+                f"IIC with --clusterings {self.clusterings} is DivClust-IIC (iic.md §8): head B becomes "
+                f"{self.clusterings} parallel clusterings without sub-heads. Add --iic.sub_heads 1 "
+                f"(got {c.sub_heads}).")
+        if c.head_order not in ("AB", "BA"):
+            raise ValueError(f"iic.head_order must be AB or BA, not {c.head_order!r}")
+        if int(c.head_A_epochs) < 0 or int(c.head_B_epochs) < 1:
+            raise ValueError("iic.head_B_epochs must be >= 1 and iic.head_A_epochs >= 0")
+        if info.kind != "image" and c.sobel:
+            raise ValueError("iic.sobel needs images; use --iic.sobel false for vector data")
+        self.sobel = SobelFilter("luma") if c.sobel else None
+        trunk_info = dataclasses.replace(info, channels=2) if c.sobel else info
+        self.backbone, dim = build_backbone(cfg.backbone, trunk_info)
+        k_a = int(c.overcluster_k)
+        if k_a == 1 or k_a < 0:
+            raise ValueError(f"iic.overcluster_k must be 0 (no head A) or >= 2, got {k_a}")
+        self.head_a = _sub_heads(dim, k_a, int(c.sub_heads)) if k_a else None
+        self.head_b = _sub_heads(dim, info.num_clusters, int(c.sub_heads) * self.clusterings)
+        if not c.bn_track:
+            _batch_statistics_only(self)
+        schedule_a = ["A"] * int(c.head_A_epochs) if self.head_a is not None else []
+        schedule_b = ["B"] * int(c.head_B_epochs)
+        self.schedule = schedule_a + schedule_b if c.head_order == "AB" else schedule_b + schedule_a
+        self.active_head = "B"
+        # Loss of every head-B sub-head summed over the latest head-B pass (label-free sub-head selection).
+        self.register_buffer("head_loss_sum", torch.zeros(self.head_b.out.weight.shape[0], dtype=torch.float64))
+        self.register_buffer("head_loss_steps", torch.zeros((), dtype=torch.int64))
+
+    # ----- schedule ----------------------------------------------------------------------------------------------
+    def head_for_epoch(self, epoch: int) -> str:
+        """"A" or "B": the head trained in `epoch` (0-based)."""
+        return self.schedule[epoch % len(self.schedule)]
+
+    def on_epoch_start(self, epoch: int, trainer) -> None:
+        self.active_head = self.head_for_epoch(epoch)
+        if self.active_head == "B":
+            self.head_loss_sum.zero_()
+            self.head_loss_steps.zero_()
+
+    # ----- networks ----------------------------------------------------------------------------------------------
+    def _trunk(self, x: Tensor) -> Tensor:
+        return self.backbone(self.sobel(x) if self.sobel is not None else x)
+
+    def training_step(self, batch: dict, step: int) -> dict:
+        tf1, *tf2 = batch["views"]
+        repeats = len(tf2)
+        h1 = self._trunk(tf1)                                          # (b, d)
+        h2 = self._trunk(torch.cat(tf2, dim=0))                         # (r*b, d), block layout
+        head = self.head_b if self.active_head == "B" else self.head_a
+        local1 = head(h1)                                               # (S, b, k), fp32 softmax
+        p1 = gather_with_grad(local1, dim=1)                            # (S, B, k): the global batch
+        p2 = gather_blocks(head(h2), repeats)                           # (S, r*B, k)
+        lamb = float(self.cfg.iic.lamb)
+        losses = torch.stack([iic_loss(p1[s].repeat(repeats, 1), p2[s], lamb=lamb) for s in range(p1.shape[0])])
+        loss = losses.mean()
+        idle = [h for h in (self.head_a, self.head_b) if h is not None and h is not head]
+        out = {"loss": loss + zero_touch(idle).to(loss), f"head_{self.active_head}_loss": loss.detach()}
+        if self.active_head == "B":
+            self.head_loss_sum += losses.detach().double()
+            self.head_loss_steps += 1
+            out["assignments"] = local1                                 # (C, b, K) when C > 1 (S = 1)
+        else:
+            with torch.no_grad():
+                out["assignments"] = self.head_b(h1)
+        return out
+
+    @torch.no_grad()
+    def cluster_probs(self, x: Tensor) -> Tensor:
+        """(S, N, K): every head-B sub-head (with C > 1: the C clusterings)."""
+        return self.head_b(self._trunk(x))
+
+    @torch.no_grad()
+    def features(self, x: Tensor) -> Tensor:
+        return self._trunk(x)
+
+    def select_head(self) -> int | None:
+        """The head-B sub-head (or clustering) with the lowest loss summed over the latest head-B pass."""
+        if self.head_b.out.weight.shape[0] == 1 or int(self.head_loss_steps) == 0:
+            return None
+        return int(torch.argmin(self.head_loss_sum))
+
+
+METHOD = IIC
