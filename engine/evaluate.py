@@ -65,8 +65,8 @@ def _mean_dict(items: list[dict]) -> dict | None:
     return {k: float(np.mean([i[k] for i in items])) for k in items[0]}
 
 
-def cluster_and_score(extracted: dict, cfg, device: torch.device, *, selected_head: int | None = None
-                      ) -> tuple[dict, dict[str, np.ndarray]]:
+def cluster_and_score(extracted: dict, cfg, device: torch.device, *, selected_head: int | None = None,
+                      kmeans_metric: str = "euclidean") -> tuple[dict, dict[str, np.ndarray]]:
     """All metrics of one evaluation (results.json shape, without epochs/seconds) and the predictions."""
     from torch_clustering import GaussianMixture, KMeans
 
@@ -104,7 +104,7 @@ def cluster_and_score(extracted: dict, cfg, device: torch.device, *, selected_he
     features = extracted["features"].to(device)
     if cfg.eval_kmeans:
         start = time.perf_counter()
-        km = KMeans(n_clusters=k, random_state=int(cfg.seed)).fit(features)
+        km = KMeans(n_clusters=k, metric=kmeans_metric, random_state=int(cfg.seed)).fit(features)
         pred = km.labels_.cpu().numpy()
         results["timing"]["kmeans_s"] = time.perf_counter() - start
         predictions["kmeans"] = pred

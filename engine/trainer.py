@@ -189,7 +189,8 @@ class Trainer:
         extracted = extract(self.method, self.data, batch_size=int(self.cfg.eval_batch_size), device=self.device,
                             autocast=self.autocast)
         results, predictions = (cluster_and_score(extracted, self.cfg, self.device,
-                                                  selected_head=self.method.select_head())
+                                                  selected_head=self.method.select_head(),
+                                                  kmeans_metric=self.method.kmeans_metric)
                                 if dist_utils.is_main_process() else (None, None))
         results = dist_utils.broadcast_object(results)
         results["timing"]["eval_s"] = time.perf_counter() - start

@@ -35,6 +35,8 @@ class ClusteringMethod(nn.Module):
     #: True only for explicitly supervised stages (L2C's similarity network on a labelled source set): the trainer
     #: then adds `label` to the batch and says so in the log. Unsupervised methods never see labels.
     reads_labels: bool = False
+    #: metric of the evaluation k-means on `features` ('cosine' for methods whose papers cluster by cosine).
+    kmeans_metric: str = "euclidean"
 
     @classmethod
     def views_for(cls, cfg) -> int:

@@ -1,0 +1,94 @@
+"""Shared set-up of the ProPos / HaDis / DigPro model tests: tiny configs, a stand-in trainer, a random batch,
+the logged losses of a run, and an interrupted run for resume tests."""
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import datasets
+import main as entry
+import models
+from engine.config import resolve
+
+
+def tiny_argv(method: str, extra: list[str] | None = None) -> list[str]:
+    """A seconds-long run of `method` on digits: MLP backbone on 8x8 images, 3 steps per epoch, small heads.
+    `extra` (--key value pairs) replaces the tiny value of a key or adds the key."""
+    options = {"--backbone": "mlp", "--image_size": "8", "--batch_size": "64", "--steps_per_epoch": "3",
+               "--eval_every": "100", "--log_every": "1", "--eval_batch_size": "1024", "--warmup_epochs": "1",
+               f"--{method}.hidden_dim": "32", f"--{method}.feature_dim": "16", f"--{method}.kmeans_n_init": "1"}
+    extra = list(extra or [])
+    options.update(zip(extra[0::2], extra[1::2]))
+    return ["--preset", f"{method}_digits"] + [item for pair in options.items() for item in pair]
+
+
+class RecordingLog:
+    def __init__(self):
+        self.lines: list[str] = []
+        self.metrics: list[dict] = []
+
+    def info(self, message: str, color=None) -> None:
+        self.lines.append(message)
+
+    def log_metrics(self, metrics: dict, *, step: int, epoch=None, jsonl: bool = True) -> None:
+        self.metrics.append(dict(metrics))
+
+
+def build(method: str, extra: list[str] | None = None, seed: int = 0):
+    """(method instance, config, data bundle, a stand-in trainer for the hooks)."""
+    cfg = resolve(tiny_argv(method, extra))
+    bundle = datasets.build(cfg, views=2)
+    torch.manual_seed(seed)
+    model = models.build(cfg, bundle.info)
+    trainer = SimpleNamespace(data=bundle, device=torch.device("cpu"), autocast=nullcontext, log=RecordingLog(),
+                              epoch=0, step=0, cfg=cfg)
+    return model, cfg, bundle, trainer
+
+
+def random_batch(bundle, batch: int = 16, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    size = bundle.info.image_size
+    views = [torch.randn(batch, bundle.info.channels, size, size, generator=g) for _ in range(2)]
+    return {"views": views, "index": torch.randperm(len(bundle.eval), generator=g)[:batch]}
+
+
+def train_losses(run_dir: Path, term: str = "loss") -> list[float]:
+    """The per-epoch mean of a logged training term (train/<term>) of a finished run, in epoch order."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["metrics"][f"train/{term}"] for r in rows if f"train/{term}" in r["metrics"]]
+
+
+class _Killed(Exception):
+    pass
+
+
+def run_killed_after(argv: list[str], epochs_done: int, monkeypatch) -> None:
+    """Run main.main(argv) and stop it (like a kill) right after the checkpoint of epoch `epochs_done` is written,
+    so the interrupted run has the same configuration (epochs, schedules) as the uninterrupted one."""
+    from engine.trainer import Trainer
+
+    original = Trainer.save_checkpoint
+
+    def save_then_stop(self, name):
+        original(self, name)
+        if name == "last.pt" and self.epoch == epochs_done:
+            raise _Killed()
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_stop)
+    with pytest.raises(_Killed):
+        entry.main(argv)
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+
+
+def assert_same_models(path_a: Path, path_b: Path) -> dict:
+    a = torch.load(path_a, weights_only=True)
+    b = torch.load(path_b, weights_only=True)
+    assert a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    return a
