@@ -1,42 +1,22 @@
 """MCL in pairwise-supervised mode under DDP (gloo, CPU): probabilities and labels are gathered, so two processes
 train on the pairs of the global batch and end where one process ends (per-sample GroupNorm: no batch statistics)."""
-import os
-import socket
-
 import torch
 import torch.multiprocessing as mp
 
-import main as entry
+from tests.test_ddp import _free_port, _worker
 from tests.test_l2c_transfer import PER_CLASS, common, make_images, replace
-
-
-def _ddp_worker(rank: int, world: int, port: int, argv: list[str]) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    from engine import distributed
-
-    try:
-        entry.main(argv)
-    finally:
-        distributed.shutdown()
 
 
 def test_pairwise_supervised_ddp_uses_the_global_batch_pairs(tmp_path):
     data = make_images(tmp_path / "tiny.npz")
-
-    def port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
 
     def args(name):
         return ["--preset", "mcl_digits", *replace(common(data, tmp_path / "runs"), "backbone", "mlp"),
                 "--backbone_norm", "group", "--epochs", "2", "--run_name", name, "--eval_kmeans", "false",
                 "--l2c.classes", "[0, 1, 2, 3, 4, 5, 6, 7]"]
 
-    mp.spawn(_ddp_worker, args=(1, port(), args("single")), nprocs=1, join=True)
-    mp.spawn(_ddp_worker, args=(2, port(), args("ddp")), nprocs=2, join=True)
+    mp.spawn(_worker, args=(1, _free_port(), args("single")), nprocs=1, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), args("ddp")), nprocs=2, join=True)
     single = torch.load(tmp_path / "runs/mcl_digits/single/checkpoints/last.pt", weights_only=True)
     ddp = torch.load(tmp_path / "runs/mcl_digits/ddp/checkpoints/last.pt", weights_only=True)
     assert single["step"] == ddp["step"] == 2 * (8 * PER_CLASS // 20)
