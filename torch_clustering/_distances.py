@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -187,6 +188,38 @@ def gemm_operands(ws: Workspace, points: torch.Tensor):
     return B, numpy_operand(B), bias
 
 
+def best_per_row(scores: torch.Tensor, values: torch.Tensor, labels: torch.Tensor, *, largest: bool,
+                 numpy: bool) -> None:
+    """values (m,), labels (m,) = min (or max) of each row of scores (m, K) and its column.
+
+    On the CPU NumPy's SIMD arg-reductions beat `torch.min(dim=1)` on these row blocks (1024 x 100, one thread:
+    1.3 ms against 5.0 ms), so they are used whenever the NumPy BLAS is (tensors are shared, nothing is copied).
+    """
+    if numpy:
+        s, lab = scores.numpy(), labels.numpy()
+        (s.argmax if largest else s.argmin)(axis=1, out=lab)
+        values.numpy()[...] = np.take_along_axis(s, lab[:, None], axis=1)[:, 0]
+    elif largest:
+        torch.max(scores, 1, out=(values, labels))
+    else:
+        torch.min(scores, 1, out=(values, labels))
+
+
+def add_rows_by_label(sums: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> None:
+    """sums[labels[i]] += rows[i] for every i (sums (K, D), labels (m,), rows (m, D)).
+
+    On the CPU a sparse one-hot (K x m) times the rows is faster than `index_add_`, which pays a per-row
+    dispatch (60k x 512 into K = 100, one thread: 9.4 ms against 12.9 ms); GPUs keep `index_add_`.
+    """
+    if rows.device.type != "cpu" or rows.dtype not in (torch.float32, torch.float64):
+        sums.index_add_(0, labels, rows)
+        return
+    m = labels.shape[0]
+    one_hot = torch.sparse_coo_tensor(torch.stack((labels, torch.arange(m))), rows.new_ones(m),
+                                      (sums.shape[0], m), check_invariants=False)
+    sums.add_(torch.sparse.mm(one_hot, rows))
+
+
 @dataclass
 class PassStats:
     """Totals of one assignment pass over the local rows."""
@@ -212,14 +245,13 @@ def assign(ws: Workspace, centres: torch.Tensor, labels_out: torch.Tensor, dist_
             xc, scores = X[s:e], block[: e - s]
             values, labels = dist_out[s:e], labels_out[s:e]
             gemm_into(scores, xc, B, B_np, bias)
+            best_per_row(scores, values, labels, largest=bias is None, numpy=B_np is not None)
             if bias is None:  # cosine: 1 - max similarity
-                torch.max(scores, 1, out=(values, labels))
                 values.neg_().add_(1.0).clamp_min_(0.0)
             else:  # ||c||^2 - 2<x, c>, minimised, then + ||x||^2
-                torch.min(scores, 1, out=(values, labels))
                 values.add_(ws.sq_norms[s:e]).clamp_min_(0.0)
             if sums is not None:
-                sums.index_add_(0, labels, xc)
+                add_rows_by_label(sums, labels, xc)
         mine = labels_out[start:stop]
         counts = count_labels(mine, k)
         inertia = dist_out[start:stop].sum(dtype=torch.float64)
