@@ -4,10 +4,14 @@ Items are dicts: `views` (list of tensors), `index` (position in the dataset) an
 Images stay uint8 in memory. With `augment_on: device` the training item holds the raw image once and the
 trainer calls `bundle.train_views` on the training device to make the augmented views (batched, per-sample
 random parameters); with `augment_on: loader` torchvision makes the views per image in DataLoader workers.
-Evaluation always uses one deterministic view (resize + normalise), batched on the device.
+`augment_on: auto` is `device` on CUDA and `loader` on the CPU where the augmentation has a per-image pipeline
+(`LOADER_PIPELINES`: simclr); the others (digits, pica, iic) run batched on the CPU too, and say so in the log.
+Evaluation always uses one deterministic view (resize + normalise), batched on the device. The trainer sets
+`bundle.memory_format` (channels-last on CUDA) and every image batch the bundle returns has that layout.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +26,11 @@ from .batch_augment import BatchAugmenter, digits_spec, eval_images, iic_specs, 
 from .registry import DatasetNotFoundError, RawData, read
 
 AUGMENTATIONS = ("simclr", "digits", "pica", "iic", "none")
+# Augmentations with a torchvision per-image pipeline (datasets/transforms.py), i.e. that `augment_on: loader` can run.
+LOADER_PIPELINES = ("simclr",)
+AUGMENT_ON = ("auto", "device", "loader")
+
+_log = logging.getLogger("datasets")
 
 
 class ArrayDataset(Dataset):
@@ -66,19 +75,28 @@ class DataBundle:
     mean: tuple
     std: tuple
     eval_crop: float = 1.0     # centre crop (fraction of the side) of the evaluation view before the resize
+    augment_on: str = "device"  # where the training augmentation runs: device or loader (resolved from auto)
+    memory_format: torch.memory_format = torch.contiguous_format   # layout of image batches (trainer: channels-last)
 
     def train_views(self, batch: dict, device: torch.device, generator: torch.Generator, *, rank: int = 0,
                     world_size: int = 1) -> list[Tensor]:
         """The augmented views of a training batch, on `device`."""
         views = [v.to(device, non_blocking=True) for v in batch["views"]]
         if self.augmenter is None:
-            return [self._plain(v) for v in views] if self.info.kind == "image" and views[0].dtype == torch.uint8 \
+            views = [self._plain(v) for v in views] if self.info.kind == "image" and views[0].dtype == torch.uint8 \
                 else views
-        return self.augmenter(views[0], generator, rank=rank, world_size=world_size)
+        else:
+            views = self.augmenter(views[0], generator, rank=rank, world_size=world_size)
+        return [self._layout(v) for v in views]
 
     def eval_view(self, batch: dict, device: torch.device) -> Tensor:
         """The deterministic evaluation view of a batch, on `device`."""
-        return self._plain(batch["views"][0].to(device, non_blocking=True))
+        return self._layout(self._plain(batch["views"][0].to(device, non_blocking=True)))
+
+    def _layout(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and self.memory_format is not torch.contiguous_format:
+            return x.contiguous(memory_format=self.memory_format)
+        return x
 
     def _plain(self, x: Tensor) -> Tensor:
         if self.info.kind != "image":
@@ -87,14 +105,37 @@ class DataBundle:
                            crop=self.eval_crop)
 
 
-def _resolve_augment_on(cfg) -> str:
-    if cfg.augment_on not in ("auto", "device", "loader"):
-        raise ValueError(f"augment_on must be auto, device or loader, not {cfg.augment_on!r}")
-    return "device" if cfg.augment_on == "auto" else cfg.augment_on
+def resolve_augment_on(setting: str, augmentation: str, device_type: str) -> tuple[str, str | None]:
+    """(`device` or `loader`, a note for the log or None) for the `augment_on` setting on a `device_type` device.
+
+    auto: the device on CUDA (batched, no per-image Python work); on the CPU the torchvision loader pipeline where
+    the augmentation has one (LOADER_PIPELINES), else the batched pipeline on the CPU, with a note saying why."""
+    if setting not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be {', '.join(AUGMENT_ON)}, not {setting!r}")
+    if setting == "loader" and augmentation not in LOADER_PIPELINES:
+        raise ValueError(f"augmentation {augmentation!r} has no per-image loader pipeline (only "
+                         f"{', '.join(LOADER_PIPELINES)}); use --augment_on device or auto")
+    if setting != "auto":
+        return setting, None
+    if device_type == "cuda" or augmentation == "none":
+        return "device", None
+    if augmentation in LOADER_PIPELINES:
+        return "loader", None
+    return "device", (f"augment_on auto: augmentation {augmentation!r} has no per-image loader pipeline (only "
+                      f"{', '.join(LOADER_PIPELINES)}), so it runs batched on the CPU")
 
 
-def build(cfg, *, views: int = 2) -> DataBundle:
-    """Read `cfg.dataset` and wrap it for a method that needs `views` augmented views per image."""
+def _device_type(cfg, device) -> str:
+    if device is not None:
+        return torch.device(device).type
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(cfg.device)
+
+
+def build(cfg, *, views: int = 2, device: torch.device | str | None = None) -> DataBundle:
+    """Read `cfg.dataset` and wrap it for a method that needs `views` augmented views per image, for training on
+    `device` (None: the device `cfg.device` names; it decides `augment_on: auto`)."""
     if cfg.augmentation not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, not {cfg.augmentation!r}")
     raw = read(cfg.dataset, cfg.data_root, download=cfg.download, options=cfg.dataset_options)
@@ -116,9 +157,13 @@ def build(cfg, *, views: int = 2) -> DataBundle:
 
     augmenter = None
     eval_crop = 1.0
+    augment_on = "device"
     train: Dataset = ArrayDataset(raw)
     if raw.kind == "image" and cfg.augmentation != "none":
-        if _resolve_augment_on(cfg) == "device":
+        augment_on, note = resolve_augment_on(cfg.augment_on, cfg.augmentation, _device_type(cfg, device))
+        if note:
+            _log.info(note)
+        if augment_on == "device":
             first = None
             if cfg.augmentation == "simclr":
                 spec = simclr_spec(size, color_strength=cfg.color_strength, blur=cfg.blur,
@@ -141,14 +186,12 @@ def build(cfg, *, views: int = 2) -> DataBundle:
         else:
             from .transforms import simclr_train_transform
 
-            if cfg.augmentation != "simclr":
-                raise ValueError(f"augmentation {cfg.augmentation!r} runs on the device only; use --augment_on device")
             transform = simclr_train_transform(size, color_strength=cfg.color_strength, blur=cfg.blur,
                                                crop_scale=tuple(cfg.crop_scale), mean=mean or None,
                                                std=std or None, channels=channels)
             train = LoaderViewsDataset(raw, transform, views)
     return DataBundle(train, ArrayDataset(raw), raw.num_classes, info, raw.description, augmenter, size, mean, std,
-                      eval_crop=eval_crop)
+                      eval_crop=eval_crop, augment_on=augment_on)
 
 
-__all__ = ["DataBundle", "DatasetNotFoundError", "RawData", "build"]
+__all__ = ["DataBundle", "DatasetNotFoundError", "LOADER_PIPELINES", "RawData", "build", "resolve_augment_on"]

@@ -2,17 +2,27 @@
 
 Random parameters are drawn for the *global* batch (all DDP ranks) from one seeded CPU generator, and each rank
 takes the rows of its own samples, so a run on W processes sees exactly the augmentations of a one-process run
-with the same global batch. Differences from the torchvision per-image pipeline (datasets/transforms.py):
-- RandomResizedCrop draws the area and log-aspect once and shrinks the box to fit the image instead of torchvision's
-  10 rejection trials followed by a centre-crop fallback;
-- colour jitter applies brightness, contrast, saturation, hue in this fixed order (torchvision shuffles the order)
-  and shifts hue by a rotation in YIQ space (torchvision goes through HSV);
-- crop, flip and rotation are one bilinear `grid_sample` (one resampling instead of two).
+with the same global batch. The parameters of a view travel to the device as one packed (pinned, non-blocking)
+copy, and the colour constants are cached per device, so a step makes no blocking host->device copy (each one
+would synchronise the CUDA stream).
+
+RandomResizedCrop follows torchvision's sampling: up to 10 trials of (area, log-aspect), the first box that fits
+the image is taken, else the centre crop of the whole image with the aspect ratio clamped to the range; boxes and
+offsets fall on the stored images' pixel grid as torchvision's do (at 32 px the grid spreads the crop centres
+about 4% wider than continuous offsets would). The colour jitter draws torchvision's factors and the hue shift goes
+through HSV as torchvision's. Differences from the torchvision per-image pipeline (datasets/transforms.py), with
+the same parameter distributions and image statistics (tested in tests/test_fast_training.py):
+- colour jitter applies brightness, contrast, saturation, hue in this fixed order (torchvision draws a random
+  order per image). Brightness, contrast and saturation are linear maps that commute (up to the clamps to [0, 1]
+  between them); only the hue shift (through HSV, as torchvision) depends on the order;
+- crop, flip and rotation are one bilinear `grid_sample` (one resampling instead of two), without PIL's rounding
+  of every intermediate image to 8 bits.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -95,19 +105,74 @@ def iic_specs(image_size: int, *, crop: float, tf2_crops=(), tf1_center_p: float
     return tf1, tf2
 
 
-def _uniform(gen: torch.Generator, n: int, low: float, high: float) -> Tensor:
-    return torch.rand(n, generator=gen, dtype=torch.float64).mul_(high - low).add_(low).float()
+# torchvision's RandomResizedCrop tries this many (area, aspect) draws before it falls back to the centre crop.
+CROP_ATTEMPTS = 10
 
 
-def draw_params(spec: AugmentSpec, n: int, gen: torch.Generator) -> dict[str, Tensor]:
-    """Per-sample parameters for n samples (CPU float32/bool tensors), in a fixed draw order."""
-    area = _uniform(gen, n, *spec.crop_scale)
-    log_ratio = _uniform(gen, n, math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1]))
+def _uniform(gen: torch.Generator, n: int | tuple, low: float, high: float) -> Tensor:
+    size = (n,) if isinstance(n, int) else n
+    return torch.rand(size, generator=gen, dtype=torch.float64).mul_(high - low).add_(low).float()
+
+
+def _resized_crop_box(area: Tensor, log_ratio: Tensor, ratio_range: tuple[float, float],
+                      size: tuple[int, int] | None) -> tuple[Tensor, Tensor, Tensor]:
+    """torchvision's RandomResizedCrop box from (n, CROP_ATTEMPTS) draws of (area fraction, log aspect ratio): the
+    first trial whose box fits the image, else the fallback (the whole image, its aspect ratio clamped to the
+    range, centred). With the source `size` (H, W) the box is rounded to whole pixels as torchvision rounds it;
+    with None it is continuous on a square image. Returns (w, h, fallback): box width and height as fractions of
+    the image width and height, and which samples fell back."""
     ratio = log_ratio.exp()
-    w = (area * ratio).sqrt().clamp(max=1.0)             # crop width / image width
-    h = (area / ratio).sqrt().clamp(max=1.0)
-    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - w)   # crop centre in [-1, 1] coordinates
-    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - h)
+    height, width = size if size is not None else (1, 1)
+    w = (area * height * width * ratio).sqrt()           # box width in pixels (in image widths when size is None)
+    h = (area * height * width / ratio).sqrt()
+    if size is not None:
+        w, h = w.round(), h.round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)   # argmax returns the first maximal index
+    fallback = ~fits.any(dim=1)
+    low, high = ratio_range
+    aspect = width / height
+    if aspect < low:                                     # torchvision: full width, height from the smallest ratio
+        fw, fh = width, width / low
+    elif aspect > high:                                  # full height, width from the largest ratio
+        fw, fh = height * high, height
+    else:
+        fw, fh = width, height
+    if size is not None:
+        fw, fh = float(round(fw)), float(round(fh))
+    w = torch.where(fallback, fw, w.gather(1, first).squeeze(1)) / width
+    h = torch.where(fallback, fh, h.gather(1, first).squeeze(1)) / height
+    return w, h, fallback
+
+
+def _centre(u: Tensor, extent: Tensor, pixels: int | None) -> Tensor:
+    """Crop centre in [-1, 1] coordinates from uniform draws u in [0, 1) for a box of `extent` (fraction of the
+    side): continuous, or on torchvision's pixel grid when the side has `pixels` pixels (offset
+    randint(0, pixels - box + 1), which spreads the centres a little wider than the continuous uniform)."""
+    if pixels is None:
+        return (u * 2 - 1) * (1 - extent)
+    box = (extent * pixels).round()
+    offset = (u * (pixels - box + 1)).floor().minimum(pixels - box)
+    return (2 * offset + box) / pixels - 1
+
+
+def draw_params(spec: AugmentSpec, n: int, gen: torch.Generator, *, size: tuple[int, int] | None = None
+                ) -> dict[str, Tensor]:
+    """Per-sample parameters for n samples (CPU float32/bool tensors), in a fixed draw order. `size` is the (H, W)
+    of the source images: crop boxes and offsets then fall on its pixel grid, as torchvision's; None: continuous
+    boxes on a square image."""
+    area = _uniform(gen, (n, CROP_ATTEMPTS), *spec.crop_scale)
+    log_ratio = _uniform(gen, (n, CROP_ATTEMPTS), math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1]))
+    w, h, fallback = _resized_crop_box(area, log_ratio, spec.crop_ratio, size)
+    rows, cols = size if size is not None else (None, None)
+    cx = _centre(torch.rand(n, generator=gen), w, cols)      # crop centre in [-1, 1] coordinates
+    cy = _centre(torch.rand(n, generator=gen), h, rows)
+    if size is not None:                                 # torchvision's fallback offset: (W - w) // 2
+        mid_x = (2 * ((cols - (w * cols).round()) / 2).floor() + (w * cols).round()) / cols - 1
+        mid_y = (2 * ((rows - (h * rows).round()) / 2).floor() + (h * rows).round()) / rows - 1
+    else:
+        mid_x = mid_y = torch.zeros_like(cx)
+    cx, cy = torch.where(fallback, mid_x, cx), torch.where(fallback, mid_y, cy)
     flip = torch.rand(n, generator=gen) < spec.flip_p
     angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(spec.rotation_deg)
     jitter = torch.rand(n, generator=gen) < spec.jitter_p
@@ -121,11 +186,11 @@ def draw_params(spec: AugmentSpec, n: int, gen: torch.Generator) -> dict[str, Te
     # Options added later draw after the sequence above, and only when a spec uses them, so the existing
     # pipelines see exactly the random stream they always had.
     if spec.crop_sides:
-        sides = torch.tensor(spec.crop_sides, dtype=torch.float32)
+        sides = _constant(tuple(spec.crop_sides), torch.device("cpu"), torch.float32)
         side = sides[torch.randint(len(sides), (n,), generator=gen)]
         w = h = side.clamp(max=1.0)
-        cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - w)
-        cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - h)
+        cx = _centre(torch.rand(n, generator=gen), w, cols)
+        cy = _centre(torch.rand(n, generator=gen), h, rows)
         if spec.crop_center_p:
             centred = torch.rand(n, generator=gen) < spec.crop_center_p
             cx, cy = torch.where(centred, 0.0, cx), torch.where(centred, 0.0, cy)
@@ -156,19 +221,35 @@ def _blend(a: Tensor, b: Tensor, factor: Tensor) -> Tensor:
     return (b + factor.view(-1, 1, 1, 1) * (a - b)).clamp_(0, 1)
 
 
+@lru_cache(maxsize=64)
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A small constant tensor on `device`, made once per (values, device, dtype) and reused by every step."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def _hue_shift(x: Tensor, shift: Tensor) -> Tensor:
-    """Rotate chroma in YIQ space by 2*pi*shift (shift in [-0.5, 0.5], as torchvision's hue factor)."""
-    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
-    angle = 2 * math.pi * shift.to(x)
-    cos, sin = angle.cos().view(-1, 1, 1), angle.sin().view(-1, 1, 1)
-    i, q = yiq[:, 1], yiq[:, 2]
-    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
-    return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), yiq).clamp_(0, 1)
+    """Per-sample hue shift as torchvision's adjust_hue: RGB -> HSV, h <- (h + shift) mod 1, HSV -> RGB (shift in
+    [-0.5, 0.5], in turns). The HSV -> RGB step uses the closed form c_n = v - v s clamp(min(k, 4 - k), 0, 1),
+    k = (n + 6 h) mod 6 with n = 5, 3, 1 for R, G, B."""
+    r, g, b = x.unbind(dim=1)                                              # (B, H, W) each
+    value, _ = x.max(dim=1)
+    chroma = value - x.min(dim=1).values
+    grey = chroma <= 0
+    saturation = torch.where(grey, torch.zeros_like(value), chroma / torch.where(grey, torch.ones_like(value), value))
+    c = torch.where(grey, torch.ones_like(chroma), chroma)
+    hue = torch.where(value == r, (g - b) / c,
+                      torch.where(value == g, 2.0 + (b - r) / c, 4.0 + (r - g) / c))   # in sixths of a turn
+    hue = torch.where(grey, torch.zeros_like(hue), hue) / 6.0
+    hue = torch.remainder(hue + shift.to(x).view(-1, 1, 1), 1.0)
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(n + 6.0 * hue, 6.0)
+        channels.append(value - value * saturation * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+    return torch.stack(channels, dim=1)
 
 
 def _colour(x: Tensor, p: dict[str, Tensor], spec: AugmentSpec) -> Tensor:
-    on = p["jitter"].to(x.device).view(-1, 1, 1, 1)
+    on = p["jitter"].view(-1, 1, 1, 1)
     y = x
     if spec.brightness:
         y = _blend(y, torch.zeros_like(y), p["brightness"].to(x))
@@ -181,7 +262,7 @@ def _colour(x: Tensor, p: dict[str, Tensor], spec: AugmentSpec) -> Tensor:
         y = _hue_shift(y, p["hue"])
     x = torch.where(on, y, x)
     if x.shape[1] == 3 and spec.grayscale_p:
-        x = torch.where(p["gray"].to(x.device).view(-1, 1, 1, 1), _grey(x).expand_as(x), x)
+        x = torch.where(p["gray"].view(-1, 1, 1, 1), _grey(x).expand_as(x), x)
     return x
 
 
@@ -198,14 +279,14 @@ def _gaussian_blur(x: Tensor, p: dict[str, Tensor], size: int) -> Tensor:
     blurred = F.conv2d(F.pad(flat, (k // 2, k // 2, 0, 0), mode="reflect"), kx.view(b * c, 1, 1, k), groups=b * c)
     blurred = F.conv2d(F.pad(blurred, (0, 0, k // 2, k // 2), mode="reflect"), kx.view(b * c, 1, k, 1),
                        groups=b * c).view(b, c, hgt, wid)
-    return torch.where(p["blur"].to(x.device).view(-1, 1, 1, 1), blurred, x)
+    return torch.where(p["blur"].view(-1, 1, 1, 1), blurred, x)
 
 
 def _normalise(x: Tensor, spec: AugmentSpec) -> Tensor:
     if not spec.mean:
         return x
-    mean = x.new_tensor(spec.mean).view(1, -1, 1, 1)
-    std = x.new_tensor(spec.std).view(1, -1, 1, 1)
+    mean = _constant(tuple(spec.mean), x.device, x.dtype).view(1, -1, 1, 1)
+    std = _constant(tuple(spec.std), x.device, x.dtype).view(1, -1, 1, 1)
     return (x - mean) / std
 
 
@@ -217,15 +298,37 @@ def to_float_images(x: Tensor, channels: int) -> Tensor:
     return x
 
 
+def params_to_device(params: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """Move one view's parameters to `device` as one packed copy: pinned and non-blocking on CUDA, so the host
+    never waits for the stream (a blocking host->device copy per parameter would synchronise it 14 times)."""
+    if device.type == "cpu":
+        return params
+    keys = list(params)
+    packed = torch.stack([params[k].float() for k in keys])              # (P, n) float32 on the host
+    if device.type == "cuda":
+        packed = packed.pin_memory()
+    packed = packed.to(device, non_blocking=True)
+    return {k: packed[i] > 0.5 if params[k].dtype == torch.bool else packed[i] for i, k in enumerate(keys)}
+
+
+def noise_to_device(noise: Tensor, device: torch.device) -> Tensor:
+    if device.type == "cuda":
+        return noise.pin_memory().to(device, non_blocking=True)
+    return noise.to(device)
+
+
 def augment_batch(x: Tensor, spec: AugmentSpec, params: dict[str, Tensor], *, noise: Tensor | None = None) -> Tensor:
-    """Apply one view's augmentation: float images (B, C, H, W) in [0, 1] -> (B, C, S, S), normalised."""
+    """Apply one view's augmentation: float images (B, C, H, W) in [0, 1] -> (B, C, S, S), normalised. `params`
+    may live on the host or on x's device (they are moved once, packed, when they are not there yet)."""
+    if any(v.device != x.device for v in params.values()):
+        params = params_to_device(params, x.device)
     x = _geometry(x, params, spec.image_size)
     if spec.jitter_p or spec.grayscale_p:
         x = _colour(x, params, spec)
     if spec.blur_p:
         x = _gaussian_blur(x, params, spec.image_size)
     if noise is not None:
-        x = (x + spec.noise_std * noise.to(x)).clamp_(0, 1)
+        x = (x + spec.noise_std * noise_to_device(noise, x.device).to(x)).clamp_(0, 1)
     return _normalise(x, spec)
 
 
@@ -239,17 +342,18 @@ class BatchAugmenter:
     def __call__(self, images: Tensor, generator: torch.Generator, *, rank: int = 0, world_size: int = 1) -> list[Tensor]:
         x = to_float_images(images, self.channels)
         n_local = x.shape[0]
+        source = (x.shape[-2], x.shape[-1])         # (H, W) of the stored images
         out = []
         for view in range(self.views):
             spec = self.first_spec if view == 0 and self.first_spec is not None else self.spec
             # Draw for the global batch; this rank's samples are rows rank, rank + W, ... (DistributedSampler order).
             params = {k: v[rank::world_size][:n_local] for k, v in
-                      draw_params(spec, n_local * world_size, generator).items()}
+                      draw_params(spec, n_local * world_size, generator, size=source).items()}
             noise = None
             if spec.noise_std:
                 size = (n_local * world_size, x.shape[1], spec.image_size, spec.image_size)
                 noise = torch.randn(size, generator=generator)[rank::world_size][:n_local]
-            out.append(augment_batch(x, spec, params, noise=noise))
+            out.append(augment_batch(x, spec, params_to_device(params, x.device), noise=noise))
         return out
 
 

@@ -190,6 +190,8 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
+        if default == "auto" and isinstance(value, bool):  # auto-or-boolean keys (channels_last: true)
+            return value
     elif isinstance(default, list):
         if isinstance(value, list):
             return value

@@ -39,8 +39,13 @@ def init_from_env(device_type: str) -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group together: a rank that tears gloo down while a peer still works (rank 0 writing
+    results and figures) can abort at exit ("terminate called without an active exception")."""
     if is_distributed():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier() -> None:

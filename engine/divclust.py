@@ -43,12 +43,12 @@ class DivClust:
             interval=int(cfg.NMI_interval), rate=float(cfg.threshold_rate), bank_size=int(cfg.divclust_mbank_size))
         weighted = float(cfg.divclust.weight) * loss / self.clusterings
         logs = {"divclust_loss": loss.detach(),
-                "divclust_threshold": torch.tensor(self.threshold, device=assignments.device)}
+                "divclust_threshold": torch.full((), self.threshold, device=assignments.device)}  # no blocking copy
         if step % int(cfg.NMI_interval) == 0:
             from metrics.diversity import mean_inter_clustering_nmi
 
-            logs["divclust_bank_nmi"] = torch.tensor(float(mean_inter_clustering_nmi(self.bank)),
-                                                     device=assignments.device)
+            logs["divclust_bank_nmi"] = torch.full((), float(mean_inter_clustering_nmi(self.bank)),
+                                                   device=assignments.device)
         return weighted, logs
 
     def state_dict(self) -> dict:

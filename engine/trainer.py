@@ -3,6 +3,16 @@
 It knows methods only through models.base.ClusteringMethod. The data flow of one step:
 batch -> augmented views (device) -> method.training_step -> + DivClust loss -> backward -> optimizer step ->
 method.after_optimizer_step -> logs (reduced on device, read back every `log_every` steps).
+
+Fast paths (ISSUE 9; README "Fast training"):
+- precision: with `amp` on CUDA, the method's backbone network(s) (`backbone_modules`) run under bf16 autocast and
+  return fp32; projectors, heads, softmax, losses, entropies and mutual information run in fp32. (Autocast around
+  the whole step would also run the losses' matmuls in bf16: CC's similarities, IIC's joint, PICA's PUI.)
+  A method without a backbone-named module falls back to autocast around its whole training step.
+- layout: `channels_last` (auto: on for CUDA) converts the method's 4-D weights and every image batch;
+- `compile`: torch.compile of the backbone module(s), opt-in; a compiler failure stops the run with CompileFailed;
+- no hidden syncs: a step makes no host read; every `log_every` steps one read brings back the running means of
+  the loss terms and the first non-finite step (tests/test_fast_training.py counts them).
 """
 from __future__ import annotations
 
@@ -10,7 +20,8 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
+import types
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +43,66 @@ from .logger import RunLogger
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the loss terms."""
+
+
+class CompileFailed(ConfigError):
+    """`--compile true` could not compile the backbone (main.py reports it as a configuration error)."""
+
+
+# ----- precision, memory layout, compilation ---------------------------------------------------------------------
+#: torch.compile backend of `--compile true` (tests swap in a cheaper one).
+COMPILE_BACKEND = "inductor"
+
+
+def backbone_modules(method: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The method's image/feature networks: modules named `backbone`, `*_backbone` (the ProPos family's online and
+    target networks) or `trunk` (L2C), outermost first. They run under bf16 autocast on CUDA and are compiled by
+    `--compile true`; everything else of the method (projectors, heads, losses) stays in fp32."""
+    found: list[tuple[str, torch.nn.Module]] = []
+    for name, module in method.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if (leaf in ("backbone", "trunk") or leaf.endswith("_backbone")) and \
+                not any(name.startswith(outer + ".") for outer, _ in found):
+            found.append((name, module))
+    return found
+
+
+def _bf16_forward(self, *args, **kwargs):
+    """Forward of a backbone under bf16 autocast; a floating-point result is returned in fp32, so the projectors,
+    heads and losses after it compute in fp32."""
+    with torch.autocast(self._autocast_device_type, dtype=torch.bfloat16):
+        out = type(self).forward(self, *args, **kwargs)
+    return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
+
+
+def autocast_backbones(modules: list[tuple[str, torch.nn.Module]], device_type: str) -> None:
+    """Run each module's forward under bf16 autocast on `device_type` (an instance attribute bound to the module, so
+    state_dict keys, deepcopy and torch.compile are unaffected)."""
+    for _, module in modules:
+        if "forward" not in module.__dict__:
+            module._autocast_device_type = device_type
+            module.forward = types.MethodType(_bf16_forward, module)
+
+
+def resolve_channels_last(setting, device: torch.device) -> bool:
+    """`channels_last`: auto (on for CUDA, off on the CPU), or true / false."""
+    if setting == "auto":
+        return device.type == "cuda"
+    if isinstance(setting, bool):
+        return setting
+    text = str(setting).lower()
+    if text in ("true", "on", "yes", "1"):
+        return True
+    if text in ("false", "off", "no", "0"):
+        return False
+    raise ConfigError(f"channels_last must be auto, true or false, not {setting!r}.")
+
+
+def _is_compile_error(err: BaseException) -> bool:
+    from torch._dynamo.exc import TorchDynamoException
+
+    module = type(err).__module__ or ""
+    return isinstance(err, TorchDynamoException) or module.startswith(("torch._dynamo", "torch._inductor"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,17 +145,23 @@ class Trainer:
         seed_everything(int(cfg.seed))
 
         method_cls = models.method_class(cfg.method)
-        self.data = datasets.build(cfg, views=method_cls.views_for(cfg))
+        self.data = datasets.build(cfg, views=method_cls.views_for(cfg), device=self.device)
+        where = "" if cfg.augmentation == "none" or self.data.info.kind != "image" else (
+            " on the device (batched)" if self.data.augment_on == "device" else " on the loader (per image)")
         self.log.info(f"data: {cfg.dataset} - {self.data.description} ({len(self.data.eval)} samples, "
-                      f"{self.data.num_classes} classes; augmentation {cfg.augmentation} on "
-                      f"{'the device' if self.data.augmenter else 'the loader'})")
+                      f"{self.data.num_classes} classes; augmentation {cfg.augmentation}{where})")
         torch.manual_seed(int(cfg.seed))
         self.method = method_cls(cfg, self.data.info).to(self.device)
         if self.method.reads_labels:
             self.log.warning(f"method {cfg.method} is a SUPERVISED stage: it reads the ground-truth labels of "
                              f"{cfg.dataset} during training.")
+        self.channels_last = resolve_channels_last(cfg.channels_last, self.device) and self.data.info.kind == "image"
+        if self.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+            self.data.memory_format = torch.channels_last
         if cfg.sync_bn and dist_utils.is_distributed():
             self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+        self._setup_precision_and_compile()
         self.model = self.method
         if dist_utils.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -143,9 +220,60 @@ class Trainer:
             return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
         raise ConfigError(f"lr_schedule must be constant or cosine, not {cfg.lr_schedule!r}.")
 
+    # ----- precision and compilation ------------------------------------------------------------------------------
+    def _setup_precision_and_compile(self) -> None:
+        cfg = self.cfg
+        self.backbones = backbone_modules(self.method)
+        names = ", ".join(name for name, _ in self.backbones) or "none"
+        self.amp = bool(cfg.amp) and self.device.type == "cuda"
+        self.whole_step_autocast = False
+        if self.amp:
+            if self.backbones:
+                autocast_backbones(self.backbones, self.device.type)
+            else:
+                self.whole_step_autocast = True
+                self.log.info(f"amp: method {cfg.method} has no module named backbone/trunk, so bf16 autocast "
+                              f"covers its whole training step (losses included)")
+        if cfg.compile:
+            if not self.backbones:
+                raise CompileFailed(f"--compile true compiles the method's backbone network(s), and method "
+                                    f"{cfg.method} has none (no module named backbone, *_backbone or trunk); run "
+                                    f"without --compile.")
+            try:
+                for _, module in self.backbones:
+                    module.compile(backend=COMPILE_BACKEND)
+            except Exception as err:  # torch.compile refuses up front, e.g. an unsupported Python version
+                raise CompileFailed(f"--compile true: torch.compile is not usable here ({type(err).__name__}: "
+                                    f"{err}). Run without --compile (the default).") from err
+        precision = "fp32"
+        if self.amp:
+            precision = ("bf16 autocast on the whole step" if self.whole_step_autocast
+                         else "bf16 autocast on the backbone(s), the rest in fp32")
+        backend = getattr(COMPILE_BACKEND, "__name__", COMPILE_BACKEND)
+        self.log.info(f"precision and layout: backbone(s) {names}; {precision}; channels-last "
+                      f"{'on' if self.channels_last else 'off'}; torch.compile "
+                      f"{f'on ({backend})' if cfg.compile else 'off'}")
+
+    @contextmanager
+    def _compile_errors(self):
+        """Turn a failure of the compiled backbone (the compilation happens at its first call) into CompileFailed."""
+        try:
+            yield
+        except Exception as err:
+            if self.cfg.compile and _is_compile_error(err):
+                cause = getattr(err, "inner_exception", None) or err.__cause__ or err
+                lines = str(cause).strip().splitlines()
+                raise CompileFailed(
+                    f"--compile true: torch.compile of the backbone failed ({type(err).__name__}: "
+                    f"{type(cause).__name__}: {lines[0] if lines else ''}). Run without --compile (the default); the "
+                    f"CPU backend needs a working C++ compiler, CUDA needs Triton.") from err
+            raise
+
     def autocast(self):
-        if self.cfg.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """Context for the forward passes outside the training step (evaluation, k-means refreshes). The backbones
+        carry their own bf16 autocast (see backbone_modules), so this is a no-op except for methods without one."""
+        if self.whole_step_autocast:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     # ----- checkpoints -----------------------------------------------------------------------------------------
@@ -196,50 +324,36 @@ class Trainer:
         results["timing"]["eval_s"] = time.perf_counter() - start
         if dist_utils.is_main_process() and self.run_dir is not None:
             save_predictions(predictions, self.run_dir / "predictions.npz")
-            if results.get("diversity"):
-                from .plots import save_nmi_heatmap
-
-                path = save_nmi_heatmap(np.asarray(results["diversity"]["nmi_matrix"]),
-                                        self.run_dir / "nmi_matrix.png", title=f"epoch {self.epoch}")
-                self.log.log_image("eval/nmi_matrix", path, step=self.step)
         self.log.info(f"evaluation after epoch {self.epoch} ({results['timing']['eval_s']:.1f}s):\n"
                       + format_table(results), "cyan")
         self.log.log_metrics({f"eval/{k}": v for k, v in flat_metrics(results).items()}, step=self.step,
                              epoch=self.epoch)
+        if dist_utils.is_main_process() and self.run_dir is not None:  # figures never raise (engine/plots.py)
+            from .plots import write_evaluation_plots
+
+            write_evaluation_plots(self.run_dir, results, predictions, self.cfg, epoch=self.epoch, step=self.step,
+                                   final=bool(self.cfg.eval_only) or self.epoch >= self.cfg.epochs, logger=self.log)
         self.last_results = results
         return results
 
     # ----- training --------------------------------------------------------------------------------------------
     def _method_batch(self, batch: dict) -> dict:
+        """The method's inputs for a loader batch: augmented views (in the run's memory layout) and indices, on the
+        training device."""
         views = self.data.train_views(batch, self.device, self.aug_generator, rank=self.rank, world_size=self.world)
-        inputs = {"views": views, "index": batch["index"].to(self.device)}
+        inputs = {"views": views, "index": batch["index"].to(self.device, non_blocking=True)}
         # Ground-truth labels reach only methods that declare themselves supervised (reads_labels = True).
         if self.method.reads_labels:
-            inputs["label"] = batch["label"].to(self.device)
+            inputs["label"] = batch["label"].to(self.device, non_blocking=True)
         return inputs
 
-    def train_epoch(self) -> float:
+    def train_step(self, inputs: dict) -> dict[str, torch.Tensor]:
+        """One optimisation step on the method's inputs (`_method_batch`); advances `self.step`. Returns the step's
+        loss terms as detached fp32 0-d tensors on the device: nothing is read back to the host here."""
         cfg, method = self.cfg, self.method
-        self.sampler.set_epoch(self.epoch)
-        self.aug_generator.manual_seed(_epoch_seed(int(cfg.seed), self.epoch))
-        method.train()
-        method.on_epoch_start(self.epoch, self)
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}   # some terms are logged only on some steps (DivClust's measured NMI)
-        count = 0
-        first_bad = torch.tensor(-1, device=self.device)
-        bar = None
-        if dist_utils.is_main_process():
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
-                       dynamic_ncols=True, unit="step")
-        start = time.perf_counter()
-        for i, batch in enumerate(self.loader):
-            if i >= self.steps_per_epoch:
-                break
-            inputs = self._method_batch(batch)
-            with self.autocast():
+        with self._compile_errors():
+            with (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.whole_step_autocast
+                  else nullcontext()):
                 out = self.model(inputs, self.step)
             loss = out["loss"].float()
             terms = {k: v.detach().float() for k, v in out.items()
@@ -250,22 +364,47 @@ class Trainer:
                 terms.update(div_logs)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            method.after_optimizer_step(self.step)
-            terms["loss"] = loss.detach()
-            bad = ~torch.isfinite(terms["loss"])
-            first_bad = torch.where(bad & (first_bad < 0), torch.tensor(self.step, device=self.device), first_bad)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        method.after_optimizer_step(self.step)
+        terms["loss"] = loss.detach()
+        self.step += 1
+        return terms
+
+    def train_epoch(self) -> float:
+        cfg, method = self.cfg, self.method
+        self.sampler.set_epoch(self.epoch)
+        self.aug_generator.manual_seed(_epoch_seed(int(cfg.seed), self.epoch))
+        method.train()
+        method.on_epoch_start(self.epoch, self)
+        # Running sums of the loss terms stay on the device; `_read_logs` brings them back once per `log_every`
+        # steps (and at the epoch's last step), together with the first step whose loss was not finite.
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}   # some terms are logged only on some steps (DivClust's measured NMI)
+        count, read_at, means = 0, -1, {}
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        terms: dict[str, torch.Tensor] = {}
+        bar = None
+        if dist_utils.is_main_process():
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
+                       dynamic_ncols=True, unit="step")
+        start = time.perf_counter()
+        for i, batch in enumerate(self.loader):
+            if i >= self.steps_per_epoch:
+                break
+            step = self.step
+            terms = self.train_step(self._method_batch(batch))
+            first_bad.masked_fill_(~torch.isfinite(terms["loss"]) & (first_bad < 0), step)
             for k, v in terms.items():
-                sums[k] = sums.get(k, torch.zeros((), device=self.device)) + v
+                sums[k] = sums[k] + v if k in sums else v
                 counts[k] = counts.get(k, 0) + 1
             count += 1
-            self.step += 1
             if count % cfg.log_every == 0 or i + 1 == self.steps_per_epoch:
-                self._check_finite(first_bad, terms)
-                means = {k: (v / counts[k]).item() for k, v in sums.items()}
+                means, read_at = self._read_logs(sums, counts, first_bad, terms), count
                 rate = count * cfg.batch_size / (time.perf_counter() - start)
                 if bar is not None:
                     bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{rate:.0f}")
@@ -276,8 +415,8 @@ class Trainer:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        self._check_finite(first_bad, terms)
-        means = {k: (v / counts[k]).item() for k, v in sums.items()}
+        if read_at != count:    # the loader ended before steps_per_epoch: read the last steps' terms
+            means = self._read_logs(sums, counts, first_bad, terms)
         seconds = time.perf_counter() - start
         method.on_epoch_end(self.epoch, self)
         self.epoch += 1
@@ -288,15 +427,21 @@ class Trainer:
                              step=self.step, epoch=self.epoch)
         return means["loss"]
 
-    def _check_finite(self, first_bad: torch.Tensor, terms: dict) -> None:
-        bad_step = int(first_bad.item())
+    def _read_logs(self, sums: dict, counts: dict, first_bad: torch.Tensor, terms: dict) -> dict[str, float]:
+        """The epoch's running means of the loss terms, read back in one device->host copy (with the first
+        non-finite step and the last step's terms, for the error message). Raises TrainingDiverged."""
+        keys, last = list(sums), list(terms)
+        values = torch.stack([first_bad.double()] + [sums[k].double() / counts[k] for k in keys]
+                             + [terms[k].double() for k in last]).tolist()
+        bad_step = int(values[0])
         if bad_step >= 0:
-            values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+            described = ", ".join(f"{k}={v:.4g}" for k, v in zip(last, values[1 + len(keys):]))
             raise TrainingDiverged(
-                f"the loss became NaN/inf at step {bad_step} (epoch {self.epoch + 1}); last loss terms: {values}. "
+                f"the loss became NaN/inf at step {bad_step} (epoch {self.epoch + 1}); last loss terms: {described}. "
                 f"Training stopped; the last good checkpoint (end of epoch {self.epoch}) was kept. Try a lower --lr, "
                 f"--grad_clip 1.0, or --amp false."
             )
+        return dict(zip(keys, values[1:1 + len(keys)]))
 
     def _is_better(self, value: float) -> bool:
         if value is None or (isinstance(value, float) and math.isnan(value)):

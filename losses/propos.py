@@ -80,7 +80,9 @@ def require_labels(name: str, labels: Tensor, *, num_clusters: int, length: int 
         raise ValueError(f"{name} must be an integer tensor (int64), got dtype {labels.dtype}")
     if length is not None and labels.shape[0] != length:
         raise ValueError(f"{name} must have {length} entries (one per feature row), got {labels.shape[0]}")
-    if labels.numel() > 0:
+    # The range check reads values back to the host, so it runs on CPU tensors only: on a GPU it would be a
+    # synchronisation per call (several per training step), and F.one_hot fails on out-of-range labels there anyway.
+    if labels.numel() > 0 and labels.device.type == "cpu":
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= num_clusters:
             raise ValueError(f"{name} must lie in [0, {num_clusters}), got values in [{low}, {high}]")

@@ -12,13 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import extract_features as ef  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions: one thread is faster than two on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions: one thread beats two on a shared machine
 
 
 def save_random_weights(tmp_path, name):
