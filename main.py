@@ -19,9 +19,11 @@ def _fail(kind: str, message: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
     """Resolve the config from argv and run; errors of the user's input raise, `cli()` turns them into messages."""
     from engine.config import resolve
+    from engine.plots import check_plot_config
     from engine.trainer import run
 
     cfg = resolve(sys.argv[1:] if argv is None else argv)
+    check_plot_config(cfg)
     return run(cfg)
 
 
@@ -34,8 +36,11 @@ def cli() -> int:
     from engine.config import ConfigError
     from engine.trainer import TrainingDiverged
 
+    from engine import distributed
+
     try:
         main()
+        distributed.shutdown()  # torchrun: every rank leaves the process group together
     except ConfigError as err:
         _fail("configuration error", str(err))
         return 2

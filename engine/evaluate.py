@@ -102,6 +102,7 @@ def cluster_and_score(extracted: dict, cfg, device: torch.device, *, selected_he
                 predictions["consensus"] = np.asarray(consensus)
                 results["consensus"] = _scores(labels, np.asarray(consensus))
     features = extracted["features"].to(device)
+    predictions.update(feature_sample(extracted["features"], int(cfg.get("plot_tsne_points", 0)), seed=int(cfg.seed)))
     if cfg.eval_kmeans:
         start = time.perf_counter()
         km = KMeans(n_clusters=k, metric=kmeans_metric, random_state=int(cfg.seed)).fit(features)
@@ -118,8 +119,23 @@ def cluster_and_score(extracted: dict, cfg, device: torch.device, *, selected_he
     return results, predictions
 
 
+def feature_sample(features: torch.Tensor, points: int, *, seed: int) -> dict[str, np.ndarray]:
+    """A seeded subsample of the evaluation features for plots (t-SNE): `feature_rows` (positions in the
+    predictions arrays, sorted) and `features` (float16; float32 where float16 would overflow). Empty when
+    `points` <= 0. The same seed and set size always give the same rows, so successive evaluations are comparable.
+    """
+    n = int(features.shape[0])
+    if points <= 0 or n == 0:
+        return {}
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(points, n), replace=False))
+    sample = features[torch.from_numpy(rows).to(features.device)].float().cpu().numpy()
+    half = sample.astype(np.float16)
+    return {"feature_rows": rows.astype(np.int64), "features": half if np.isfinite(half).all() else sample}
+
+
 def save_predictions(predictions: dict[str, np.ndarray], path: Path) -> None:
-    """predictions.npz, written atomically: assignments (C, N), indices, labels, kmeans/consensus labels."""
+    """predictions.npz, written atomically: assignments (C, N), indices, labels, kmeans/gmm/consensus labels, and
+    the plots' feature subsample (feature_rows, features)."""
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **predictions)
     os.replace(tmp, path)

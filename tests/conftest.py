@@ -16,3 +16,23 @@ TINY = ["--backbone", "mlp", "--image_size", "8", "--batch_size", "64", "--steps
 @pytest.fixture
 def tiny_args(tmp_path):
     return ["--output_dir", str(tmp_path / "runs")] + TINY
+
+
+@pytest.fixture(autouse=True)
+def _no_figures_unless_asked(request, monkeypatch):
+    """Training runs inside tests skip the end-of-evaluation figures (about 1 s of CPU per evaluation plus a t-SNE
+    at the final one): they are tested in tests/test_reporting.py and in tests marked `plots`."""
+    if request.node.get_closest_marker("plots") is None:
+        from engine import plots
+
+        monkeypatch.setattr(plots, "write_evaluation_plots", lambda *args, **kwargs: None)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (tiny ops: a second, busy core only adds waiting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

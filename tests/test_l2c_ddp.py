@@ -12,7 +12,7 @@ def test_pairwise_supervised_ddp_uses_the_global_batch_pairs(tmp_path):
 
     def args(name):
         return ["--preset", "mcl_digits", *replace(common(data, tmp_path / "runs"), "backbone", "mlp"),
-                "--backbone_norm", "group", "--epochs", "2", "--run_name", name, "--eval_kmeans", "false",
+                "--backbone_norm", "group", "--epochs", "2", "--run_name", name, "--eval_kmeans", "false", "--plots", "false",
                 "--l2c.classes", "[0, 1, 2, 3, 4, 5, 6, 7]"]
 
     mp.spawn(_worker, args=(1, _free_port(), args("single")), nprocs=1, join=True)

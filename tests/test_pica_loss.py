@@ -9,6 +9,8 @@ import torch
 
 from losses.pica import pica_loss
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # hundreds of tiny float64 steps: threads only add waiting
+
 
 # ---------------------------------------------------------------------------------------------
 # Independent reference: the formula of spec §4 written as explicit loops over scalar entries.

@@ -133,6 +133,7 @@ def test_ddp_prefix_is_stripped_and_mismatches_are_named(tiny_args, tmp_path):
         entry.main(tiny_args + ["--eval_only", "true", "--resume", str(tmp_path / "missing.pt")])
 
 
+@pytest.mark.plots
 def test_several_clusterings_report_the_nmi_matrix(tiny_args, tmp_path):
     out = entry.main(tiny_args + ["--epochs", "1", "--run_name", "g", "--clusterings", "3", "--consensus", "coassoc"])
     assert len(out["heads"]) == 3
