@@ -35,21 +35,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consensus import run_consensus  # noqa: E402
-
-
-def planted_ensemble(num_points: int, num_clusters: int, num_clusterings: int, noise: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """-> (truth [N], labels [C, N]): C randomly renamed copies of a planted labelling, each with a
-    fraction ``noise`` of the points moved to a uniformly random cluster."""
-    rng = np.random.default_rng(seed)
-    truth = rng.integers(0, num_clusters, num_points)
-    rows = []
-    for _ in range(num_clusterings):
-        row = rng.permutation(num_clusters)[truth]
-        moved = rng.random(num_points) < noise
-        row[moved] = rng.integers(0, num_clusters, int(moved.sum()))
-        rows.append(row)
-    return truth, np.stack(rows)
+from consensus.synthetic import planted_ensemble  # noqa: E402
 
 
 def load() -> str:

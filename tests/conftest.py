@@ -1,4 +1,6 @@
 import os
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,4 +37,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@contextmanager
+def killed_after_epoch(epoch: int, error: type[BaseException] = KeyboardInterrupt):
+    """Inside the block, a training run stops like a kill (raising `error`) right after the checkpoint of `epoch`
+    (checkpoints/last.pt) is written, so the interrupted run keeps the configuration (epochs, schedules) of an
+    uninterrupted one."""
+    from engine.trainer import Trainer
+
+    original = Trainer.save_checkpoint
+
+    def save_then_stop(self, name):
+        original(self, name)
+        if name == "last.pt" and self.epoch == epoch:
+            raise error()
+
+    Trainer.save_checkpoint = save_then_stop
+    try:
+        yield
+    finally:
+        Trainer.save_checkpoint = original
+
+
+def assert_same_checkpoints(path_a: Path, path_b: Path) -> dict:
+    """The two checkpoints are at the same step with bit-equal model state; returns the first one."""
+    a = torch.load(path_a, weights_only=True)
+    b = torch.load(path_b, weights_only=True)
+    assert a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    return a
 

@@ -14,6 +14,7 @@ import datasets
 import main as entry
 import models
 from engine.config import resolve
+from tests.conftest import killed_after_epoch
 
 
 def tiny_argv(method: str, extra: list[str] | None = None) -> list[str]:
@@ -63,32 +64,7 @@ def train_losses(run_dir: Path, term: str = "loss") -> list[float]:
     return [r["metrics"][f"train/{term}"] for r in rows if f"train/{term}" in r["metrics"]]
 
 
-class _Killed(Exception):
-    pass
-
-
-def run_killed_after(argv: list[str], epochs_done: int, monkeypatch) -> None:
-    """Run main.main(argv) and stop it (like a kill) right after the checkpoint of epoch `epochs_done` is written,
-    so the interrupted run has the same configuration (epochs, schedules) as the uninterrupted one."""
-    from engine.trainer import Trainer
-
-    original = Trainer.save_checkpoint
-
-    def save_then_stop(self, name):
-        original(self, name)
-        if name == "last.pt" and self.epoch == epochs_done:
-            raise _Killed()
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_stop)
-    with pytest.raises(_Killed):
+def run_killed_after(argv: list[str], epochs_done: int) -> None:
+    """Run main.main(argv) and stop it (like a kill) right after the checkpoint of epoch `epochs_done` is written."""
+    with killed_after_epoch(epochs_done), pytest.raises(KeyboardInterrupt):
         entry.main(argv)
-    monkeypatch.setattr(Trainer, "save_checkpoint", original)
-
-
-def assert_same_models(path_a: Path, path_b: Path) -> dict:
-    a = torch.load(path_a, weights_only=True)
-    b = torch.load(path_b, weights_only=True)
-    assert a["step"] == b["step"]
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    return a

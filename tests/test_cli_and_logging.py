@@ -3,8 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import main as entry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,22 +18,9 @@ from consensus import coassociation_average_linkage, hbgf, run_consensus, sccbg
 from consensus.box_qp import solve_s_rows as _solve_s_rows
 from consensus.box_qp import solve_s_rows_unit_weights, solve_w_rows as _solve_w_rows, unit_weight_jacobi
 from consensus.self_paced_bipartite import sccbg_solve
+from consensus.synthetic import planted_ensemble
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _noisy_ensemble(num_points: int, num_clusters: int, num_clusterings: int, noise: float, seed: int):
-    """A planted partition and C copies of it, each relabelled at random and with a fraction ``noise`` of
-    the points moved to a random cluster."""
-    rng = np.random.default_rng(seed)
-    truth = rng.integers(0, num_clusters, num_points)
-    rows = []
-    for _ in range(num_clusterings):
-        row = rng.permutation(num_clusters)[truth]
-        moved = rng.random(num_points) < noise
-        row[moved] = rng.integers(0, num_clusters, int(moved.sum()))
-        rows.append(row)
-    return truth, np.stack(rows)
 
 
 def _is_first_appearance_order(labels: np.ndarray) -> bool:
@@ -50,7 +37,7 @@ def _is_first_appearance_order(labels: np.ndarray) -> bool:
 
 
 def test_sccbg_recovers_planted_partition():
-    truth, labels = _noisy_ensemble(500, 5, 12, noise=0.25, seed=0)
+    truth, labels = planted_ensemble(500, 5, 12, noise=0.25, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a few points may end as singletons (official)
         predicted = sccbg(labels, 5)
@@ -72,7 +59,7 @@ def test_sccbg_identical_clusterings_stop_at_first_iteration():
 
 
 def test_sccbg_warns_when_the_component_count_differs():
-    _, labels = _noisy_ensemble(200, 4, 6, noise=0.3, seed=2)
+    _, labels = planted_ensemble(200, 4, 6, noise=0.3, seed=2)
     with pytest.warns(RuntimeWarning, match=r"SCCBG found \d+ clusters instead of the requested 4"):
         predicted = sccbg(labels, 4, max_iter=1)  # one iteration cannot split the connected graph
     assert len(np.unique(predicted)) != 4
@@ -155,7 +142,7 @@ def test_sccbg_unit_weight_jacobi_solves_the_row_qps():
 def test_sccbg_fast_path_matches_the_reference_path():
     # The unit-weight Jacobi S-step on 2 row-block threads against the all-FISTA path on one thread
     # (the implementation before the speed-up): same labels up to renaming, same graph up to solver tolerance.
-    truth, labels = _noisy_ensemble(1500, 6, 10, noise=0.3, seed=6)
+    truth, labels = planted_ensemble(1500, 6, 10, noise=0.3, seed=6)
     fast = sccbg_solve(labels, 6, workers=2)
     reference = sccbg_solve(labels, 6, workers=1, unit_weight_solver=False)
     assert fast.iterations == reference.iterations and fast.stopped_on_rank == reference.stopped_on_rank
@@ -178,7 +165,7 @@ def test_sccbg_is_importable_on_its_own():
 
 @pytest.mark.parametrize("method", [hbgf, coassociation_average_linkage])
 def test_baselines_recover_planted_partition(method):
-    truth, labels = _noisy_ensemble(600, 6, 10, noise=0.3, seed=3)
+    truth, labels = planted_ensemble(600, 6, 10, noise=0.3, seed=3)
     predicted = method(labels, 6)
     assert predicted.dtype == np.int64 and len(np.unique(predicted)) == 6
     assert _is_first_appearance_order(predicted)
@@ -209,7 +196,7 @@ def test_single_clustering_is_returned_renumbered_with_a_warning():
 
 
 def test_dispatcher_names_and_errors():
-    truth, labels = _noisy_ensemble(80, 3, 4, noise=0.0, seed=4)
+    truth, labels = planted_ensemble(80, 3, 4, noise=0.0, seed=4)
     assert adjusted_rand_score(truth, run_consensus(labels, 3, method="coassociation_average_linkage")) == 1.0
     assert adjusted_rand_score(truth, run_consensus(labels, 3, method="hbgf", seed=1)) == 1.0
     assert adjusted_rand_score(truth, run_consensus(labels, 3)) == 1.0  # sccbg by default
@@ -240,7 +227,7 @@ def test_bad_inputs_raise(method):
 
 
 def test_script_on_a_small_npz(tmp_path, capsys):
-    truth, labels = _noisy_ensemble(120, 3, 5, noise=0.1, seed=5)
+    truth, labels = planted_ensemble(120, 3, 5, noise=0.1, seed=5)
     ground_truth = truth.copy()
     ground_truth[:10] = -1  # unknown labels are not scored
     np.savez(tmp_path / "predictions.npz", assignments=labels, indices=np.arange(120), labels=ground_truth)

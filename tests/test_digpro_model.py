@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 import main as entry
 from losses.digpro import momentum_group_update
-from tests.family_helpers import assert_same_models, build, random_batch, run_killed_after, tiny_argv, train_losses
+from tests.conftest import assert_same_checkpoints
+from tests.family_helpers import build, random_batch, run_killed_after, tiny_argv, train_losses
 
 
 def _perturbed_target(model):
@@ -65,7 +66,7 @@ def test_bank_groups_and_reset():
     torch.testing.assert_close(model.group_features, F.normalize(centres, dim=1))
 
 
-def test_short_run_lowers_the_loss_and_resume_is_exact_across_group_resets(tmp_path, monkeypatch):
+def test_short_run_lowers_the_loss_and_resume_is_exact_across_group_resets(tmp_path):
     out = tmp_path / "runs"
     args = tiny_argv("digpro", ["--output_dir", str(out), "--deterministic", "true", "--epochs", "3",
                                 "--warmup_epochs", "3", "--digpro.reset_every", "2", "--lr_schedule", "cosine"])
@@ -73,10 +74,10 @@ def test_short_run_lowers_the_loss_and_resume_is_exact_across_group_resets(tmp_p
     losses = train_losses(out / "digpro_digits" / "full")
     assert len(losses) == 3 and losses[2] < losses[0] - 0.2, losses
     assert "group resets in epoch 1: 1 k-means" in (out / "digpro_digits/full/log.txt").read_text()
-    run_killed_after(args + ["--run_name", "part"], 2, monkeypatch)
+    run_killed_after(args + ["--run_name", "part"], 2)
     resumed = entry.main(args + ["--resume", str(out / "digpro_digits" / "part")])
     assert resumed["kmeans"] == full["kmeans"]
-    state = assert_same_models(out / "digpro_digits/full/checkpoints/last.pt",
+    state = assert_same_checkpoints(out / "digpro_digits/full/checkpoints/last.pt",
                                out / "digpro_digits/part/checkpoints/last.pt")
     assert {"group_features", "memory_bank", "bank_pointer", "pseudo_labels"} <= set(state["model"])
 

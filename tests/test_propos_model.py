@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 
 import main as entry
 from models.pseudo_label_sampler import PseudoLabelBalancedSampler
-from tests.family_helpers import assert_same_models, build, random_batch, run_killed_after, tiny_argv, train_losses
+from tests.conftest import assert_same_checkpoints
+from tests.family_helpers import build, random_batch, run_killed_after, tiny_argv, train_losses
 
 
 def _snapshot(params):
@@ -124,7 +125,7 @@ def test_refresh_gives_identical_labels_on_two_gloo_ranks(tmp_path):
     assert len(torch.unique(r0["labels"])) == 10
 
 
-def test_short_run_lowers_the_loss_and_resume_is_exact_with_v2_and_resampling(tmp_path, monkeypatch):
+def test_short_run_lowers_the_loss_and_resume_is_exact_with_v2_and_resampling(tmp_path):
     out = tmp_path / "runs"
     args = tiny_argv("propos", ["--output_dir", str(out), "--deterministic", "true", "--propos.v2", "true",
                                 "--propos.data_resample", "true", "--propos.momentum_increase", "true",
@@ -135,10 +136,10 @@ def test_short_run_lowers_the_loss_and_resume_is_exact_with_v2_and_resampling(tm
     assert len(alignment) == 3 and alignment[2] < alignment[0] - 0.2, alignment
     assert full["heads"] == [] and 0.0 <= full["kmeans"]["acc"] <= 1.0
     assert "k-means refresh after epoch 3" in (out / "propos_digits/full/log.txt").read_text()
-    run_killed_after(args + ["--run_name", "part"], 2, monkeypatch)
+    run_killed_after(args + ["--run_name", "part"], 2)
     resumed = entry.main(args + ["--resume", str(out / "propos_digits" / "part")])
     assert resumed["kmeans"] == full["kmeans"]
-    a = assert_same_models(out / "propos_digits/full/checkpoints/last.pt",
+    a = assert_same_checkpoints(out / "propos_digits/full/checkpoints/last.pt",
                            out / "propos_digits/part/checkpoints/last.pt")
     assert a["step"] == 9 and int(a["model"]["pseudo_label_epoch"]) == 3
     # the optimizer ends at the official lr of the next step, predictor at 10x

@@ -12,9 +12,8 @@ import main as entry
 from engine import plots
 from engine.config import ConfigError
 from engine.evaluate import feature_sample
-from engine.trainer import Trainer
 from metrics import cluster_acc
-from tests.conftest import TINY
+from tests.conftest import TINY, killed_after_epoch
 
 pytestmark = pytest.mark.plots  # these tests draw the figures for real
 
@@ -113,18 +112,10 @@ def test_a_finished_seed_with_another_config_stops_the_sweep(sweep, monkeypatch,
 def test_a_killed_seed_is_resumed(tmp_path, monkeypatch):
     root = tmp_path / "runs"
     argv = sweep_argv(root, [3], "--epochs", "2")
-    real_save = Trainer.save_checkpoint
-
-    def save_then_die(self, name):
-        real_save(self, name)
-        if name == "last.pt" and self.epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
-    assert reproduce.main(argv) == 130
+    with killed_after_epoch(1):
+        assert reproduce.main(argv) == 130
     run_dir = root / "cc_digits" / "seed3"
     assert (run_dir / "checkpoints" / "last.pt").is_file() and not (run_dir / "results.json").exists()
-    monkeypatch.undo()
 
     calls = []
     real_main = entry.main

@@ -10,7 +10,8 @@ import torch
 import main as entry
 from engine.checkpoint import CheckpointError, save_atomic
 from engine.config import ConfigError
-from engine.trainer import Trainer, TrainingDiverged
+from engine.trainer import TrainingDiverged
+from tests.conftest import assert_same_checkpoints, killed_after_epoch
 
 
 def run_dir_of(tmp_path, name):
@@ -46,28 +47,17 @@ def test_training_lowers_the_loss(tiny_args, tmp_path):
     assert losses[-1] < losses[0] - 0.1, losses
 
 
-def test_resume_continues_exactly(tiny_args, tmp_path, monkeypatch):
+def test_resume_continues_exactly(tiny_args, tmp_path):
     # The preset's cosine schedule spans all 4 epochs, so the interrupted run is killed (not shortened).
     args = tiny_args + ["--deterministic", "true", "--epochs", "4"]
     full = entry.main(args + ["--run_name", "full"])
-    real_save = Trainer.save_checkpoint
-
-    def save_then_die(self, name):
-        real_save(self, name)
-        if name == "last.pt" and self.epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(2), pytest.raises(KeyboardInterrupt):
         entry.main(args + ["--run_name", "part"])
-    monkeypatch.undo()
     resumed = entry.main(args + ["--resume", str(run_dir_of(tmp_path, "part"))])
     assert resumed["heads"] == full["heads"] and resumed["kmeans"] == full["kmeans"]
-    a = torch.load(run_dir_of(tmp_path, "full") / "checkpoints/last.pt", weights_only=True)
-    b = torch.load(run_dir_of(tmp_path, "part") / "checkpoints/last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 12
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    a = assert_same_checkpoints(run_dir_of(tmp_path, "full") / "checkpoints/last.pt",
+                                run_dir_of(tmp_path, "part") / "checkpoints/last.pt")
+    assert a["step"] == 12
 
 
 def test_existing_run_is_not_overwritten(tiny_args):
