@@ -19,6 +19,8 @@ from typing import Callable
 
 import numpy as np
 
+from .report import reported_head
+
 CONFUSION_FILE = "confusion_matrix.png"
 SIZES_FILE = "cluster_sizes.png"
 NMI_FILE = "nmi_matrix.png"
@@ -298,12 +300,10 @@ def save_training_curves(records: list[dict], path: Path, *, title: str = "") ->
 
 
 # ----- one evaluation's figures ----------------------------------------------------------------------------
-def reported_head(results: dict) -> int:
-    """The head results.json reports: the label-free selected head, else the best by ACC, else head 0."""
-    for key in ("selected_head", "best_head"):
-        if results.get(key):
-            return int(results[key]["index"])
-    return 0
+def reported_head_index(results: dict) -> int:
+    """Index of the head results.json reports (`report.reported_head`), head 0 when it reports none."""
+    entry = reported_head(results)
+    return int(entry["index"]) if entry else 0
 
 
 def _clusterings(results: dict, predictions: dict) -> list[tuple[str, np.ndarray]]:
@@ -311,7 +311,7 @@ def _clusterings(results: dict, predictions: dict) -> list[tuple[str, np.ndarray
     if "assignments" in predictions:
         heads = np.asarray(predictions["assignments"])
         heads = heads[None] if heads.ndim == 1 else heads
-        chosen = reported_head(results)
+        chosen = reported_head_index(results)
         for i, a in enumerate(heads):
             out.append(("head" if len(heads) == 1 else f"head {i}" + (" (reported)" if i == chosen else ""), a))
     for name, label in (("consensus", "consensus"), ("kmeans", "k-means"), ("gmm", "GMM")):
@@ -345,7 +345,7 @@ def write_plots(out_dir: Path, results: dict, predictions: dict, *, metrics_path
     has_labels = labels is not None and bool((labels != -1).any())
     clusterings = _clusterings(results, predictions)
     k = max([int(num_clusters)] + [int(p.max()) + 1 for _, p in clusterings if p.size])
-    chosen = reported_head(results)
+    chosen = reported_head_index(results)
     if "assignments" in predictions:
         heads = np.asarray(predictions["assignments"])
         heads = heads[None] if heads.ndim == 1 else heads

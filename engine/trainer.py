@@ -85,16 +85,11 @@ def autocast_backbones(modules: list[tuple[str, torch.nn.Module]], device_type: 
 
 
 def resolve_channels_last(setting, device: torch.device) -> bool:
-    """`channels_last`: auto (on for CUDA, off on the CPU), or true / false."""
+    """`channels_last`: auto (on for CUDA, off on the CPU), or true / false (the config reads YAML booleans)."""
     if setting == "auto":
         return device.type == "cuda"
     if isinstance(setting, bool):
         return setting
-    text = str(setting).lower()
-    if text in ("true", "on", "yes", "1"):
-        return True
-    if text in ("false", "off", "no", "0"):
-        return False
     raise ConfigError(f"channels_last must be auto, true or false, not {setting!r}.")
 
 

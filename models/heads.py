@@ -44,3 +44,29 @@ class ClusterHeads(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         return torch.softmax(self.logits(h).float(), dim=-1)
+
+
+class LowestLossHeadSelection:
+    """Mixin for a ClusteringMethod with parallel heads (PICA's clusterings, IIC's sub-heads): the label-free choice
+    of the head whose loss, summed over the latest pass that trained them, is lowest. The sums are buffers
+    `head_loss_sum` (H,) float64 and `head_loss_steps` of the method, so they are checkpointed."""
+
+    def init_head_loss(self, heads: int) -> None:
+        self.register_buffer("head_loss_sum", torch.zeros(heads, dtype=torch.float64))
+        self.register_buffer("head_loss_steps", torch.zeros((), dtype=torch.int64))
+
+    def start_head_loss_pass(self) -> None:
+        self.head_loss_sum.zero_()
+        self.head_loss_steps.zero_()
+
+    def record_head_loss(self, losses: Tensor) -> None:
+        """losses (H,): this step's loss of every head."""
+        self.head_loss_sum += losses.detach().double()
+        self.head_loss_steps += 1
+
+    def select_head(self) -> int | None:
+        """The head with the lowest summed loss; None with a single head or before any step of a pass."""
+        if self.head_loss_sum.numel() == 1 or int(self.head_loss_steps) == 0:
+            return None
+        return int(torch.argmin(self.head_loss_sum))
+

@@ -55,7 +55,7 @@ from losses.iic import iic_loss
 
 from .backbones import SobelFilter, build_backbone
 from .base import ClusteringMethod, DataInfo
-from .heads import ClusterHeads
+from .heads import ClusterHeads, LowestLossHeadSelection
 from .pica import gather_blocks, zero_touch
 
 
@@ -75,7 +75,7 @@ def _batch_statistics_only(module: nn.Module) -> None:
             m.running_mean = m.running_var = m.num_batches_tracked = None
 
 
-class IIC(ClusteringMethod):
+class IIC(LowestLossHeadSelection, ClusteringMethod):
     has_cluster_heads = True
 
     @classmethod
@@ -113,8 +113,7 @@ class IIC(ClusteringMethod):
         self.schedule = schedule_a + schedule_b if c.head_order == "AB" else schedule_b + schedule_a
         self.active_head = "B"
         # Loss of every head-B sub-head summed over the latest head-B pass (label-free sub-head selection).
-        self.register_buffer("head_loss_sum", torch.zeros(self.head_b.out.weight.shape[0], dtype=torch.float64))
-        self.register_buffer("head_loss_steps", torch.zeros((), dtype=torch.int64))
+        self.init_head_loss(self.head_b.out.weight.shape[0])
 
     # ----- schedule ----------------------------------------------------------------------------------------------
     def head_for_epoch(self, epoch: int) -> str:
@@ -124,8 +123,7 @@ class IIC(ClusteringMethod):
     def on_epoch_start(self, epoch: int, trainer) -> None:
         self.active_head = self.head_for_epoch(epoch)
         if self.active_head == "B":
-            self.head_loss_sum.zero_()
-            self.head_loss_steps.zero_()
+            self.start_head_loss_pass()
 
     # ----- networks ----------------------------------------------------------------------------------------------
     def _trunk(self, x: Tensor) -> Tensor:
@@ -146,8 +144,7 @@ class IIC(ClusteringMethod):
         idle = [h for h in (self.head_a, self.head_b) if h is not None and h is not head]
         out = {"loss": loss + zero_touch(idle).to(loss), f"head_{self.active_head}_loss": loss.detach()}
         if self.active_head == "B":
-            self.head_loss_sum += losses.detach().double()
-            self.head_loss_steps += 1
+            self.record_head_loss(losses)
             out["assignments"] = local1                                 # (C, b, K) when C > 1 (S = 1)
         else:
             with torch.no_grad():
@@ -162,12 +159,6 @@ class IIC(ClusteringMethod):
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
         return self._trunk(x)
-
-    def select_head(self) -> int | None:
-        """The head-B sub-head (or clustering) with the lowest loss summed over the latest head-B pass."""
-        if self.head_b.out.weight.shape[0] == 1 or int(self.head_loss_steps) == 0:
-            return None
-        return int(torch.argmin(self.head_loss_sum))
 
 
 METHOD = IIC

@@ -46,7 +46,7 @@ from losses.pica import pica_loss
 
 from .backbones import SobelFilter, build_backbone
 from .base import ClusteringMethod, DataInfo
-from .heads import ClusterHeads
+from .heads import ClusterHeads, LowestLossHeadSelection
 
 
 def gather_blocks(p: Tensor, blocks: int) -> Tensor:
@@ -63,7 +63,7 @@ def zero_touch(modules: list[nn.Module]) -> Tensor:
     return 0.0 * torch.stack([p.sum() for p in params]).sum()
 
 
-class PICA(ClusteringMethod):
+class PICA(LowestLossHeadSelection, ClusteringMethod):
     has_cluster_heads = True
 
     @classmethod
@@ -92,8 +92,7 @@ class PICA(ClusteringMethod):
         self.num_heads = len(sizes) + 1
         self.active_head = self.num_heads - 1
         # Main-head loss of each clustering, summed over the latest main-head pass (label-free head selection).
-        self.register_buffer("head_loss_sum", torch.zeros(self.clusterings, dtype=torch.float64))
-        self.register_buffer("head_loss_steps", torch.zeros((), dtype=torch.int64))
+        self.init_head_loss(self.clusterings)
 
     # ----- schedule ----------------------------------------------------------------------------------------------
     def head_for_epoch(self, epoch: int) -> int:
@@ -103,8 +102,7 @@ class PICA(ClusteringMethod):
     def on_epoch_start(self, epoch: int, trainer) -> None:
         self.active_head = self.head_for_epoch(epoch)
         if self.active_head == self.num_heads - 1:
-            self.head_loss_sum.zero_()
-            self.head_loss_steps.zero_()
+            self.start_head_loss_pass()
 
     # ----- networks ----------------------------------------------------------------------------------------------
     def _trunk(self, x: Tensor) -> Tensor:
@@ -130,8 +128,7 @@ class PICA(ClusteringMethod):
         idle = [self._head(i) for i in range(self.num_heads) if i != active]
         out = {"loss": loss + zero_touch(idle).to(loss), f"head{active}_loss": loss.detach()}
         if active == self.num_heads - 1:
-            self.head_loss_sum += losses.detach().double()
-            self.head_loss_steps += 1
+            self.record_head_loss(losses)
             out["assignments"] = local_clean                            # clean view, (C, b, K); the trainer gathers
         else:
             with torch.no_grad():
@@ -145,13 +142,6 @@ class PICA(ClusteringMethod):
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
         return self._trunk(x)
-
-    def select_head(self) -> int | None:
-        """With C > 1: the clustering whose main-head loss summed over the latest main-head pass is lowest (no
-        labels). With one clustering there is nothing to choose."""
-        if self.clusterings == 1 or int(self.head_loss_steps) == 0:
-            return None
-        return int(torch.argmin(self.head_loss_sum))
 
 
 METHOD = PICA
