@@ -2,9 +2,14 @@
 
 Under torchrun (`torchrun --nproc_per_node=N main.py ...`) the same command trains with DDP.
 `main(argv)` does the same in-process and returns the content of results.json.
+
+  --help            this text: methods, presets, datasets and every key with its default
+  --list_presets    every preset with what it is
+  --print_config    the resolved config of the rest of the command line, as YAML; nothing is run or written
 """
 from __future__ import annotations
 
+import signal
 import sys
 import textwrap
 
@@ -18,27 +23,91 @@ def _fail(kind: str, message: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     """Resolve the config from argv and run; errors of the user's input raise, `cli()` turns them into messages."""
-    from engine.config import resolve
-    from engine.plots import check_plot_config
-    from engine.trainer import run
+    from engine.run import run
 
-    cfg = resolve(sys.argv[1:] if argv is None else argv)
-    check_plot_config(cfg)
-    return run(cfg)
+    return run(argv=sys.argv[1:] if argv is None else argv)
+
+
+def help_text() -> str:
+    """Methods, presets, datasets, and every key with its default and one-line comment, by section."""
+    from engine.config import CONFIG_DIR, available_presets, load_yaml, yaml_comments
+    from engine.run import catalog
+
+    cat = catalog()
+    lines = [__doc__.strip(), "", "methods:      " + ", ".join(cat.choices["method"]),
+             "datasets:     " + ", ".join(cat.choices["dataset"]()),
+             "backbones:    " + ", ".join(cat.choices["backbone"]),
+             "augmentation: " + ", ".join(cat.choices["augmentation"]),
+             "presets:      " + ", ".join(available_presets()) + "  (--list_presets says what each is)", "",
+             "common keys (configs/main_config.yaml), as --key value (default, meaning):"]
+    main_file = CONFIG_DIR / "main_config.yaml"
+    comments = yaml_comments(main_file)
+    defaults = {k: v for k, v in load_yaml(main_file).items()}
+    section = ""
+    for line in main_file.read_text().splitlines():
+        if line.startswith("# ---"):
+            lines.append("  " + line.strip("# -").strip() + ":")
+        elif line and not line[0].isspace() and not line.startswith("#") and ":" in line:
+            section = line.split(":", 1)[0].strip()
+            value = defaults.get(section)
+            if not isinstance(value, dict) or section == "dataset_options":
+                lines.append(f"    --{section} {value!r:<16} {comments.get(section, '')}")
+        elif line.startswith("  ") and ":" in line and not line.strip().startswith("#"):
+            key = line.split(":", 1)[0].strip()
+            value = defaults.get(section, {}).get(key)
+            lines.append(f"    --{section}.{key} {value!r:<16} {comments.get(f'{section}.{key}', '')}")
+    for sec in cat.sections:
+        lines += ["", f"{sec.title}; applies with --{sec.owner} {' / '.join(sec.owners)}:"]
+        for name, key in sec.keys.items():
+            lines.append(f"    --{sec.name}.{name} {key.default!r:<16} {key.help}")
+    return "\n".join(lines)
+
+
+def list_presets() -> str:
+    from engine.config import CONFIG_DIR, available_presets, preset_summary
+
+    names = available_presets()
+    width = max(len(n) for n in names)
+    return "\n".join(f"{name:<{width}}  {preset_summary(CONFIG_DIR / f'{name}.yaml')}" for name in names)
+
+
+def _print(text: str) -> None:
+    """Print to stdout; a reader that closes the pipe early (`| head`) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def cli() -> int:
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
-        print(__doc__.strip() + "\nEvery key, with its default and meaning: configs/main_config.yaml.")
-        return 0
-    from datasets.registry import DatasetNotFoundError
+    from datasets.registry import DatasetError, DatasetNotFoundError
     from engine.checkpoint import CheckpointError
     from engine.config import ConfigError
     from engine.trainer import TrainingDiverged
 
     from engine import distributed
 
+    def terminated(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminated)   # a kill from a scheduler stops like Ctrl-C: a message, last.pt kept
+    args = sys.argv[1:]
     try:
+        if any(a in ("-h", "--help") for a in args):
+            _print(help_text())
+            return 0
+        if "--list_presets" in args:
+            _print(list_presets())
+            return 0
+        if "--print_config" in args:
+            from engine.config import to_yaml
+            from engine.run import load_config
+
+            _print(to_yaml(load_config([a for a in args if a != "--print_config"])).rstrip())
+            return 0
         main()
         distributed.shutdown()  # torchrun: every rank leaves the process group together
     except ConfigError as err:
@@ -47,6 +116,9 @@ def cli() -> int:
     except DatasetNotFoundError as err:
         _fail("dataset not found", str(err))
         return 3
+    except DatasetError as err:
+        _fail("data error", str(err))
+        return 3
     except CheckpointError as err:
         _fail("checkpoint error", str(err))
         return 4
@@ -54,7 +126,8 @@ def cli() -> int:
         _fail("training diverged", str(err))
         return 5
     except KeyboardInterrupt:
-        _fail("interrupted", "the last checkpoint written at an epoch end is intact (checkpoints/last.pt).")
+        _fail("interrupted", "the last checkpoint written at an epoch end is intact (checkpoints/last.pt); continue "
+                             "with --resume RUN_DIR.")
         return 130
     return 0
 

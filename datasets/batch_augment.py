@@ -105,6 +105,13 @@ def iic_specs(image_size: int, *, crop: float, tf2_crops=(), tf1_center_p: float
     return tf1, tf2
 
 
+def crop_spec(image_size: int, crop_scale, mean=(), std=()) -> AugmentSpec:
+    """RandomResizedCrop(image_size, scale=crop_scale, ratio=(3/4, 4/3)) and nothing else (L2C's Omniglot pipeline)."""
+    return AugmentSpec(image_size, tuple(float(s) for s in crop_scale), flip_p=0.0, rotation_deg=0.0, jitter_p=0.0,
+                       brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_p=0.0, blur_p=0.0,
+                       noise_std=0.0, mean=tuple(mean), std=tuple(std))
+
+
 # torchvision's RandomResizedCrop tries this many (area, aspect) draws before it falls back to the centre crop.
 CROP_ATTEMPTS = 10
 

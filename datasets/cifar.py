@@ -30,7 +30,7 @@ import tarfile
 import numpy as np
 
 from .lookup import check_choice, expand_root, log, not_found, root_for_download, under
-from .registry import RawData, register
+from .registry import DatasetError, RawData, register
 
 SPLITS = ("all", "train", "test")
 
@@ -124,14 +124,14 @@ def unpickle_batch(blob: bytes, name: str, expected_md5: str | None, verify_md5:
     if verify_md5:
         actual = hashlib.md5(blob).hexdigest()
         if expected_md5 is None or actual != expected_md5:
-            raise ValueError(
+            raise DatasetError(
                 f"{name}: MD5 {actual} is not the official {expected_md5}; the file is corrupt or not the "
                 f"official CIFAR release, so it is not unpickled. Re-download it (--download true into an "
                 f"empty folder) or, for a file you made or trust, set the dataset option verify_md5: false."
             )
     content = _CifarUnpickler(io.BytesIO(blob), encoding="latin1").load()
     if not isinstance(content, dict):
-        raise ValueError(f"{name}: expected a pickled dict, got {type(content).__name__}")
+        raise DatasetError(f"{name}: expected a pickled dict, got {type(content).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in content.items()}
 
 
@@ -169,14 +169,14 @@ class _BatchFiles:
                     out[base] = tar.extractfile(member).read()
         missing = [n for n in self.names if n not in out]
         if missing:
-            raise ValueError(f"{self.location}: archive lacks {', '.join(missing)}")
+            raise DatasetError(f"{self.location}: archive lacks {', '.join(missing)}")
         return out
 
 
 def _batch_images(batch: dict, name: str) -> np.ndarray:
     data = np.asarray(batch["data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{name}: 'data' should be N x 3072 uint8, got {data.shape}")
+        raise DatasetError(f"{name}: 'data' should be N x 3072 uint8, got {data.shape}")
     # Each row: 1024 red, 1024 green, 1024 blue values of a row-major 32x32 image.
     return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
@@ -210,11 +210,11 @@ def _read_cifar(name: str, root: str | None, download: bool, split: str, verify_
     for n in names:
         batch = unpickle_batch(blobs[n], os.path.join(source.location, n), MD5[name].get(n), verify_md5)
         if label_key not in batch:
-            raise ValueError(f"{source.location}/{n}: no {label_key!r} in the batch (keys: {sorted(batch)})")
+            raise DatasetError(f"{source.location}/{n}: no {label_key!r} in the batch (keys: {sorted(batch)})")
         images.append(_batch_images(batch, n))
         labels.append(np.asarray(batch[label_key], dtype=np.int64))
         if len(labels[-1]) != len(images[-1]):
-            raise ValueError(f"{source.location}/{n}: {len(labels[-1])} labels for {len(images[-1])} images")
+            raise DatasetError(f"{source.location}/{n}: {len(labels[-1])} labels for {len(images[-1])} images")
         batches[n] = batch
     meta = {}
     if layout["meta"] in blobs:  # class names only; a meta file that fails its MD5 is skipped, not fatal

@@ -25,7 +25,7 @@ import numpy as np
 
 from .image_decoding import RESIZE_MODES, decode_images, is_image_file, list_image_files
 from .lookup import check_choice, check_image_size, expand_root, log, not_found
-from .registry import RawData, register
+from .registry import DatasetError, RawData, register
 
 SPLIT_LEVELS = ("train", "val", "test")
 X_KEYS = ("x", "X", "data", "features")
@@ -64,8 +64,11 @@ def _scan_level(folder: str) -> tuple[dict[str, list[str]], list[str]]:
 
 @register("image_folder")
 def read_image_folder(root: str | None, *, download: bool = False, split: str = "all", path: str | None = None,
-                      image_size: int | None = None, resize: str = "stretch", channels: int = 3) -> RawData:
-    """Your images as uint8 [N, H, W, channels]; labels from class folders, or -1 for a flat folder."""
+                      image_size: int | None = None, resize: str = "stretch", channels: int = 3,
+                      skip_unreadable: bool = False) -> RawData:
+    """Your images as uint8 [N, H, W, channels]; labels from class folders, or -1 for a flat folder. Each sample's
+    id is its file path relative to the folder. `skip_unreadable`: leave files that cannot be decoded out (their
+    number is logged) instead of stopping at the first."""
     check_image_size("image_folder", image_size, allow_none=True)
     check_choice("image_folder", "resize", resize, RESIZE_MODES)
     check_choice("image_folder", "channels", channels, (1, 3))
@@ -87,10 +90,10 @@ def read_image_folder(root: str | None, *, download: bool = False, split: str = 
     for lvl, (classes, loose) in scans.items():
         where = os.path.join(folder, lvl)
         if classes and loose:
-            raise ValueError(f"image_folder: {where} mixes class folders with {len(loose)} loose images (e.g. "
+            raise DatasetError(f"image_folder: {where} mixes class folders with {len(loose)} loose images (e.g. "
                              f"{loose[0]}); put every image in a class folder, or use a flat folder without labels")
     if any(labelled) and not all(labelled):
-        raise ValueError(f"image_folder: in {folder} some of {', '.join(chosen)} have class folders and some not")
+        raise DatasetError(f"image_folder: in {folder} some of {', '.join(chosen)} have class folders and some not")
     files: list[str] = []
     labels: list[int] = []
     if all(labelled):
@@ -109,13 +112,20 @@ def read_image_folder(root: str | None, *, download: bool = False, split: str = 
         raise not_found("image_folder", [os.path.join(folder, lvl) if lvl else folder for lvl in chosen], layout,
                         "The folder holds no image files with a known extension: point --data_root (or the "
                         "option path) at your images.")
+    skipped: list[int] | None = [] if skip_unreadable else None
     data = decode_images(files, mode="RGB" if channels == 3 else "L", size=image_size, resize=resize,
-                         desc="decoding image_folder")
+                         desc="decoding image_folder", skipped=skipped)
+    if skipped:
+        kept = sorted(set(range(len(files))) - set(skipped))
+        log.warning("image_folder: %d unreadable file(s) left out (skip_unreadable), e.g. %s", len(skipped),
+                    files[skipped[0]])
+        files, labels = [files[i] for i in kept], [labels[i] for i in kept]
     what = f"{len(class_names)} classes" if class_names else "no labels (flat folder: metrics are skipped)"
     levels_text = f", levels {' + '.join(chosen)}{' merged' if len(chosen) > 1 else ''}" if chosen != [""] else ""
     description = f"image_folder: {len(data)} images, {what}{levels_text}, from {folder}"
     log.info(description)
-    return RawData(data, np.asarray(labels, dtype=np.int64), description, class_names)
+    ids = [os.path.relpath(f, folder) for f in files]
+    return RawData(data, np.asarray(labels, dtype=np.int64), description, class_names, ids=ids)
 
 
 def _load_array(path: str) -> np.ndarray | dict[str, np.ndarray]:
@@ -124,7 +134,7 @@ def _load_array(path: str) -> np.ndarray | dict[str, np.ndarray]:
     except ValueError as error:
         if "allow_pickle" not in str(error):
             raise
-        raise ValueError(
+        raise DatasetError(
             f"npz: {path} holds pickled Python objects, which are not loaded (a pickle can run code). If you "
             f"trust it, convert it once in a separate session, e.g. d = np.load(path, allow_pickle=True).item(); "
             f"np.savez(out, x=d['data'], y=d['label']) for DEC's reutersidf10k.npy, and read the .npz."
@@ -146,13 +156,13 @@ def _labels(y: np.ndarray | None, n: int, source: str) -> tuple[np.ndarray, str]
     if y.ndim == 2 and y.shape[1] == 1:  # a column vector
         y = y[:, 0]
     if y.ndim != 1 or len(y) != n:
-        raise ValueError(f"npz: {source}: labels have shape {y.shape}, expected ({n},)")
+        raise DatasetError(f"npz: {source}: labels have shape {y.shape}, expected ({n},)")
     if not np.issubdtype(y.dtype, np.integer):
         if not np.issubdtype(y.dtype, np.floating) or not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise ValueError(f"npz: {source}: labels must be integers (-1 = unknown), got dtype {y.dtype}")
+            raise DatasetError(f"npz: {source}: labels must be integers (-1 = unknown), got dtype {y.dtype}")
     y = y.astype(np.int64)
     if np.any(y < -1):
-        raise ValueError(f"npz: {source}: negative labels other than -1 (unknown): {sorted(set(y[y < -1]))[:5]}")
+        raise DatasetError(f"npz: {source}: negative labels other than -1 (unknown): {sorted(set(y[y < -1]))[:5]}")
     known = np.unique(y[y >= 0])
     if known.size and not np.array_equal(known, np.arange(known.size)):
         remapped = y.copy()
@@ -174,7 +184,7 @@ def read_npz(root: str | None, *, download: bool = False, split: str = "all", pa
         else:
             found = sorted(f for f in os.listdir(target) if f.endswith(".npz"))
             if len(found) > 1:
-                raise ValueError(f"npz: {target} holds several .npz files ({', '.join(found)}); choose one with "
+                raise DatasetError(f"npz: {target} holds several .npz files ({', '.join(found)}); choose one with "
                                  f"the dataset option path")
             if not found:
                 raise not_found("npz", [target], layout, "Point --data_root (or the option path) at the file.")
@@ -192,27 +202,27 @@ def read_npz(root: str | None, *, download: bool = False, split: str = "all", pa
     else:
         x, y = _pick(loaded, X_KEYS), _pick(loaded, Y_KEYS)
         if x is None:
-            raise ValueError(f"npz: {target} has arrays {', '.join(loaded) or 'none'}; the data must be called "
+            raise DatasetError(f"npz: {target} has arrays {', '.join(loaded) or 'none'}; the data must be called "
                              f"one of {', '.join(X_KEYS)} (labels: {', '.join(Y_KEYS)})")
     x = np.asarray(x)
     if x.ndim == 2:
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-            raise ValueError(f"npz: {target}: vectors must be numeric, got {x.dtype}")
+            raise DatasetError(f"npz: {target}: vectors must be numeric, got {x.dtype}")
         data = x.astype(np.float32)
         if not np.all(np.isfinite(data)):
-            raise ValueError(f"npz: {target}: vectors contain NaN or infinite values")
+            raise DatasetError(f"npz: {target}: vectors contain NaN or infinite values")
         kind = f"{data.shape[1]}-d vectors"
     elif x.ndim in (3, 4):
         if x.dtype != np.uint8:
-            raise ValueError(f"npz: {target}: images must be uint8 0..255 (got {x.dtype}); e.g. convert with "
+            raise DatasetError(f"npz: {target}: images must be uint8 0..255 (got {x.dtype}); e.g. convert with "
                              f"(x * 255).round().astype(np.uint8), or flatten them to N x D vectors")
         data = x[..., None] if x.ndim == 3 else x
         if data.shape[-1] not in (1, 3):
-            raise ValueError(f"npz: {target}: images must be N x H x W x C with C = 1 or 3 (channels last), got "
+            raise DatasetError(f"npz: {target}: images must be N x H x W x C with C = 1 or 3 (channels last), got "
                              f"{x.shape}; for channels-first arrays use np.transpose(x, (0, 2, 3, 1))")
         kind = f"{data.shape[1]}x{data.shape[2]}x{data.shape[3]} images"
     else:
-        raise ValueError(f"npz: {target}: x must be N x D vectors or N x H x W[x C] images, got shape {x.shape}")
+        raise DatasetError(f"npz: {target}: x must be N x D vectors or N x H x W[x C] images, got shape {x.shape}")
     labels, labels_text = _labels(y, len(data), target)
     description = f"npz: {len(data)} {kind}, {labels_text}, from {target}"
     log.info(description)

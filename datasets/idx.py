@@ -21,7 +21,7 @@ import struct
 import numpy as np
 
 from .lookup import check_choice, expand_root, log, not_found, root_for_download, under
-from .registry import RawData, register
+from .registry import DatasetError, RawData, register
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -43,15 +43,15 @@ def parse_idx(blob: bytes, name: str = "IDX file") -> np.ndarray:
     """Parse the bytes of one IDX file: 0x00 0x00, type byte, number of dimensions, big-endian uint32 sizes,
     then the row-major data. Raises ValueError on a bad header or a size that does not match."""
     if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] not in _IDX_TYPES:
-        raise ValueError(f"{name}: not an IDX file (header bytes {blob[:4].hex()})")
+        raise DatasetError(f"{name}: not an IDX file (header bytes {blob[:4].hex()})")
     dtype, ndim = _IDX_TYPES[blob[2]], blob[3]
     header = 4 + 4 * ndim
     if len(blob) < header:
-        raise ValueError(f"{name}: truncated IDX header")
+        raise DatasetError(f"{name}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", blob[4:header])
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     if len(blob) - header != expected:
-        raise ValueError(f"{name}: header announces shape {dims} ({expected} bytes) but {len(blob) - header} "
+        raise DatasetError(f"{name}: header announces shape {dims} ({expected} bytes) but {len(blob) - header} "
                          f"bytes follow")
     return np.frombuffer(blob, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -83,9 +83,9 @@ def _read_partition(paths: dict[str, str], part: str) -> tuple[np.ndarray, np.nd
     images_stem, labels_stem = FILES[part]
     images, labels = read_idx_file(paths[images_stem]), read_idx_file(paths[labels_stem])
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"{paths[images_stem]}: expected uint8 images N x H x W, got {images.dtype} {images.shape}")
+        raise DatasetError(f"{paths[images_stem]}: expected uint8 images N x H x W, got {images.dtype} {images.shape}")
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"{paths[labels_stem]}: {labels.shape} labels for {len(images)} images")
+        raise DatasetError(f"{paths[labels_stem]}: {labels.shape} labels for {len(images)} images")
     return images, labels.astype(np.int64)
 
 

@@ -23,7 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from .registry import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 RESIZE_MODES = ("stretch", "center_crop")
@@ -76,6 +78,25 @@ def _name(source: Source, index: int) -> str:
     return source if isinstance(source, str) else f"image #{index}"
 
 
+def _decode_or_report(source: Source, index: int, mode: str, size: int | None, resize: str) -> np.ndarray:
+    """_decode_one, with a file that cannot be read reported as a DatasetError naming it."""
+    try:
+        return _decode_one(source, mode, size, resize)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise UnreadableImage(
+            f"cannot read {_name(source, index)} ({type(err).__name__}: {str(err)[:160]}). Fix or remove the "
+            f"file, or pass --skip_unreadable true to leave unreadable files out (their number is logged).",
+            index) from None
+
+
+class UnreadableImage(DatasetError):
+    """An image file that cannot be decoded; `index` is its position among the sources."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+
+
 def decode_images(
     sources: Sequence[Source],
     *,
@@ -84,38 +105,59 @@ def decode_images(
     resize: str = "stretch",
     desc: str = "decoding images",
     workers: int | None = None,
+    skipped: list[int] | None = None,
 ) -> np.ndarray:
     """Decode `sources` in order into uint8 [N, H, W, C] (C = 3 for mode 'RGB', 1 for 'L').
 
-    With `size=None` every image must already have the same size (else a ValueError names the first file
-    that differs and suggests the `image_size` option).
+    With `size=None` every image must already have the same size (else a DatasetError names the first file
+    that differs and says how to set the size). A file that cannot be decoded stops with a DatasetError naming
+    it; when a list is given as `skipped`, such files are left out instead and their positions appended to it
+    (the result then has len(sources) - len(skipped) rows, in order).
     """
     if mode not in ("RGB", "L"):
-        raise ValueError(f"decode_images: mode must be 'RGB' or 'L', got {mode!r}")
+        raise DatasetError(f"decode_images: mode must be 'RGB' or 'L', got {mode!r}")
     if resize not in RESIZE_MODES:
-        raise ValueError(f"decode_images: resize must be one of {RESIZE_MODES}, got {resize!r}")
+        raise DatasetError(f"decode_images: resize must be one of {RESIZE_MODES}, got {resize!r}")
     if len(sources) == 0:
-        raise ValueError("decode_images: no image files to decode")
-    first = _decode_one(sources[0], mode, size, resize)
+        raise DatasetError("decode_images: no image files to decode")
+    bad: set[int] = set()
+    first, first_index = None, 0
+    for first_index in range(len(sources)):
+        try:
+            first = _decode_or_report(sources[first_index], first_index, mode, size, resize)
+            break
+        except UnreadableImage:
+            if skipped is None:
+                raise
+            bad.add(first_index)
+    if first is None:
+        raise DatasetError(f"none of the {len(sources)} image files could be decoded (e.g. {_name(sources[0], 0)}).")
     out = np.empty((len(sources),) + first.shape, dtype=np.uint8)
-    out[0] = first
+    out[first_index] = first
 
     def work(index: int) -> None:
-        image = _decode_one(sources[index], mode, size, resize)
+        try:
+            image = _decode_or_report(sources[index], index, mode, size, resize)
+        except UnreadableImage:
+            if skipped is None:
+                raise
+            bad.add(index)
+            return
         if image.shape != first.shape:
-            raise ValueError(
+            raise DatasetError(
                 f"{_name(sources[index], index)} is {image.shape[1]}x{image.shape[0]} but "
-                f"{_name(sources[0], 0)} is {first.shape[1]}x{first.shape[0]}: images of different sizes "
-                f"need the dataset option image_size (every image is then resized to a square)."
+                f"{_name(sources[first_index], first_index)} is {first.shape[1]}x{first.shape[0]}: images of "
+                f"different sizes need a common size, e.g. --dataset_options \"{{image_size: 32}}\" (every image "
+                f"is then resized to a square; add resize: center_crop to keep the aspect ratio)."
             )
         out[index] = image
 
     from tqdm import tqdm
 
     workers = workers or min(8, os.cpu_count() or 1)
-    indices = range(1, len(sources))
-    with tqdm(total=len(sources), initial=1, desc=desc, unit="img", disable=len(sources) < _PROGRESS_FROM,
-              leave=False) as bar:
+    indices = range(first_index + 1, len(sources))
+    with tqdm(total=len(sources), initial=first_index + 1, desc=desc, unit="img",
+              disable=len(sources) < _PROGRESS_FROM, leave=False) as bar:
         if workers <= 1:
             for i in indices:
                 work(i)
@@ -124,4 +166,8 @@ def decode_images(
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 for _ in pool.map(work, indices):
                     bar.update()
+    if bad:
+        skipped.extend(sorted(bad))
+        keep = np.setdiff1d(np.arange(len(sources)), np.fromiter(bad, dtype=np.int64))
+        return out[keep]
     return out

@@ -30,7 +30,7 @@ import numpy as np
 
 from .image_decoding import RESIZE_MODES, decode_images, list_image_files
 from .lookup import check_choice, check_image_size, expand_root, log, not_found, under
-from .registry import RawData, register
+from .registry import DatasetError, RawData, register
 
 IMAGENET10 = [
     ("n02056570", "king penguin"), ("n02085936", "Maltese dog"), ("n02128757", "snow leopard"),
@@ -99,7 +99,7 @@ def _read_subset(name: str, table: list[tuple[str, str]], root: str | None, down
         found = [p for f in folders if os.path.isdir(os.path.join(f, wnid))
                  for p in list_image_files(os.path.join(f, wnid))]
         if not found:
-            raise ValueError(f"{name}: no image files in {folder}/{wnid}")
+            raise DatasetError(f"{name}: no image files in {folder}/{wnid}")
         files.extend(found)
         labels.extend([label] * len(found))
         counts.append(len(found))

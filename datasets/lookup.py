@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Iterable, Sequence
 
-from .registry import DatasetNotFoundError
+from .registry import DatasetError, DatasetNotFoundError
 
 log = logging.getLogger("datasets")
 
@@ -41,7 +41,7 @@ def check_choice(dataset: str, option: str, value: object, choices: Iterable[obj
     """Fail with the valid values when an option has a value the reader does not know."""
     choices = list(choices)
     if value not in choices:
-        raise ValueError(
+        raise DatasetError(
             f"dataset {dataset!r}: option {option}={value!r} is not valid; choose one of "
             f"{', '.join(repr(c) for c in choices)}."
         )
@@ -53,13 +53,13 @@ def check_image_size(dataset: str, image_size: object, *, allow_none: bool) -> N
         return
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
         kind = "a positive integer" + (" or null (native size)" if allow_none else "")
-        raise ValueError(f"dataset {dataset!r}: option image_size={image_size!r} must be {kind}.")
+        raise DatasetError(f"dataset {dataset!r}: option image_size={image_size!r} must be {kind}.")
 
 
 def root_for_download(dataset: str, root: str | None) -> str:
     """The folder `--download true` writes into; downloading needs an explicit `--data_root`."""
     if root is None:
-        raise ValueError(
+        raise DatasetError(
             f"dataset {dataset!r}: --download true needs --data_root (the folder to download into)."
         )
     os.makedirs(root, exist_ok=True)

@@ -29,7 +29,7 @@ import numpy as np
 
 from .image_decoding import decode_images
 from .lookup import check_choice, check_image_size, expand_root, log, not_found, root_for_download, under
-from .registry import RawData, register
+from .registry import DatasetError, RawData, register
 
 SUBSETS = ("background", "evaluation")
 
@@ -95,7 +95,7 @@ def read_omniglot(root: str | None, *, download: bool = False, split: str = "all
     check_choice("omniglot", "split", split, ("all",) + SUBSETS)
     check_image_size("omniglot", image_size, allow_none=True)
     if alphabet is not None and not isinstance(alphabet, str):
-        raise ValueError(f"dataset 'omniglot': option alphabet must be a folder name or null, got {alphabet!r}")
+        raise DatasetError(f"dataset 'omniglot': option alphabet must be a folder name or null, got {alphabet!r}")
     root = expand_root(root)
     subsets = list(SUBSETS) if split == "all" else [split]
     located, searched = {}, []
@@ -130,7 +130,7 @@ def read_omniglot(root: str | None, *, download: bool = False, split: str = "all
         name = _match_alphabet(alphabet, list(available))
         if name is None:
             close = get_close_matches(alphabet, list(available), n=3, cutoff=0.5)
-            raise ValueError(
+            raise DatasetError(
                 f"dataset 'omniglot': no alphabet {alphabet!r} in {', '.join(located.values())}"
                 f"{' (did you mean ' + ', '.join(close) + '?)' if close else ''}. Available: "
                 f"{', '.join(sorted(available))}."
@@ -139,7 +139,7 @@ def read_omniglot(root: str | None, *, download: bool = False, split: str = "all
         chosen = [(subset, name, c, files) for c, files in indexes[subset][name].items()]
     chosen = [entry for entry in chosen if entry[3]]
     if not chosen:
-        raise ValueError(f"dataset 'omniglot': no PNG files found in {', '.join(located.values())}")
+        raise DatasetError(f"dataset 'omniglot': no PNG files found in {', '.join(located.values())}")
     archives = {s: zipfile.ZipFile(loc) for s, loc in located.items() if loc.endswith(".zip")}
     sources, labels = [], []
     try:

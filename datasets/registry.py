@@ -3,7 +3,7 @@
 A reader is registered under the name users pass as `--dataset`. It receives the data root (or None),
 whether downloading is allowed, and the reader-specific options from the `dataset_options` config key,
 and returns the whole dataset as arrays. Splits are merged inside the reader according to the paper
-protocol (see `shared/specs/datasets.md`), and the reader says which in `RawData.description`.
+protocol (docs/datasets.md), and the reader says which in `RawData.description`.
 """
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ class DatasetNotFoundError(FileNotFoundError):
     """Raised by a reader when its files are absent: the message lists the paths searched and how to get them."""
 
 
+class DatasetError(ValueError):
+    """Data that cannot be used as given (an unknown option, a corrupt file, mixed image sizes, NaN values, ...);
+    the message names the file or option and what to do. main.py reports it without a traceback (exit 3)."""
+
+
 @dataclass
 class RawData:
     """A whole dataset in memory.
@@ -26,6 +31,8 @@ class RawData:
     data:   images as uint8 [N, H, W, C] (C = 1 or 3), or vectors as float32 [N, D]
     labels: int64 [N]; -1 where the ground truth is unknown (metrics skip those samples)
     extra:  additional training-only streams, e.g. {"unlabeled": RawData} for STL-10
+    ids:    one id per sample that a user can join back to the data (the file path relative to the data folder
+            for image folders, the row number for arrays); None: the position in the dataset
     """
 
     data: np.ndarray
@@ -33,10 +40,13 @@ class RawData:
     description: str = ""
     class_names: list[str] | None = None
     extra: dict[str, "RawData"] = field(default_factory=dict)
+    ids: list[str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.data) != len(self.labels):
             raise ValueError(f"RawData: {len(self.data)} samples but {len(self.labels)} labels")
+        if self.ids is not None and len(self.ids) != len(self.labels):
+            raise ValueError(f"RawData: {len(self.labels)} samples but {len(self.ids)} ids")
         self.labels = np.asarray(self.labels, dtype=np.int64)
 
     @property
@@ -71,13 +81,13 @@ def read(name: str, root: str | None, *, download: bool = False, options: dict |
     if name not in READERS:
         close = difflib.get_close_matches(name, READERS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown dataset {name!r}.{hint} Available: {', '.join(sorted(READERS))}.")
+        raise DatasetError(f"unknown dataset {name!r}.{hint} Available: {', '.join(sorted(READERS))}.")
     reader = READERS[name]
     options = dict(options or {})
     accepted = [p for p in inspect.signature(reader).parameters if p not in ("root", "download")]
     unknown = [k for k in options if k not in accepted]
     if unknown:
-        raise ValueError(
+        raise DatasetError(
             f"dataset {name!r} has no option(s) {', '.join(unknown)} (dataset_options); "
             f"it accepts: {', '.join(accepted) or 'none'}."
         )

@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from .lookup import check_choice, expand_root, log, not_found, root_for_download, under
-from .registry import RawData, register
+from .registry import DatasetError, RawData, register
 
 SPLITS = ("all", "train", "test")
 CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
@@ -33,7 +33,7 @@ IMAGE_BYTES = 3 * SIDE * SIDE
 def _as_images(raw: np.ndarray, path: str) -> np.ndarray:
     """Flat uint8 bytes -> [N, 96, 96, 3] HWC (a view; the file stores each channel column-major)."""
     if raw.size % IMAGE_BYTES:
-        raise ValueError(f"{path}: {raw.size} bytes is not a whole number of 3x96x96 images")
+        raise DatasetError(f"{path}: {raw.size} bytes is not a whole number of 3x96x96 images")
     return raw.reshape(-1, 3, SIDE, SIDE).transpose(0, 3, 2, 1)
 
 
@@ -48,7 +48,7 @@ def read_stl10_labels(path: str) -> np.ndarray:
     """One `*_y.bin` file: uint8 labels 1..10 -> int64 0..9."""
     labels = np.fromfile(path, dtype=np.uint8).astype(np.int64)
     if labels.size and (labels.min() < 1 or labels.max() > 10):
-        raise ValueError(f"{path}: STL-10 labels must be 1..10, found {labels.min()}..{labels.max()}")
+        raise DatasetError(f"{path}: STL-10 labels must be 1..10, found {labels.min()}..{labels.max()}")
     return labels - 1
 
 
@@ -91,7 +91,7 @@ def read_stl10(root: str | None, *, download: bool = False, split: str = "all",
         x = read_stl10_images(os.path.join(folder, f"{part}_X.bin"))
         y = read_stl10_labels(os.path.join(folder, f"{part}_y.bin"))
         if len(x) != len(y):
-            raise ValueError(f"{folder}: {part}_X.bin has {len(x)} images but {part}_y.bin {len(y)} labels")
+            raise DatasetError(f"{folder}: {part}_X.bin has {len(x)} images but {part}_y.bin {len(y)} labels")
         images.append(x)
         labels.append(y)
     counts = " + ".join(f"{p} ({len(x)})" for p, x in zip(parts, images))

@@ -34,7 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from .lookup import check_choice, expand_root, log, not_found, root_for_download, under
-from .registry import RawData, register
+from .registry import DatasetError, RawData, register
 
 SOURCES = ("auto", "kingdra", "corpus")
 REUTERS_TOKEN_FILES = ["lyrl2004_tokens_test_pt0.dat", "lyrl2004_tokens_test_pt1.dat",
@@ -48,7 +48,7 @@ def _check_positive(dataset: str, option: str, value: object, allow_none: bool =
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"dataset {dataset!r}: option {option}={value!r} must be a positive integer"
+        raise DatasetError(f"dataset {dataset!r}: option {option}={value!r} must be a positive integer"
                          f"{' or null' if allow_none else ''}.")
 
 
@@ -64,12 +64,12 @@ def _kingdra_matrices(dataset: str, root: str | None, folder_name: str, source: 
                             f"Copy Kingdra's ens_cluster_datasets/{folder_name}/ there, or use source: corpus.")
         return None
     if split != "all":
-        raise ValueError(f"dataset {dataset!r}: Kingdra's matrices have no train/test split; use split: all "
+        raise DatasetError(f"dataset {dataset!r}: Kingdra's matrices have no train/test split; use split: all "
                          f"or source: corpus")
     x = np.load(os.path.join(found, "train_X.npy"), allow_pickle=False)
     y = np.load(os.path.join(found, "train_Y.npy"), allow_pickle=False).reshape(-1)
     if x.ndim != 2 or len(x) != len(y):
-        raise ValueError(f"{found}: train_X.npy {x.shape} and train_Y.npy {y.shape} do not match")
+        raise DatasetError(f"{found}: train_X.npy {x.shape} and train_Y.npy {y.shape} do not match")
     description = f"{dataset}: Kingdra's pre-processed matrix, {x.shape[0]} x {x.shape[1]}, from {found}"
     log.info(description)
     return RawData(x.astype(np.float32), y.astype(np.int64), description)
@@ -224,7 +224,7 @@ def read_reuters(root: str | None, *, download: bool = False, split: str = "all"
     _check_positive("reuters", "num_docs", num_docs, allow_none=True)
     _check_positive("reuters", "max_features", max_features)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"dataset 'reuters': option seed={seed!r} must be an integer.")
+        raise DatasetError(f"dataset 'reuters': option seed={seed!r} must be an integer.")
     root = expand_root(root)
     matrices = _kingdra_matrices("reuters", root, "reuters", source, split)
     if matrices is not None:
@@ -255,7 +255,7 @@ def read_reuters(root: str | None, *, download: bool = False, split: str = "all"
     order = np.random.RandomState(seed).permutation(features.shape[0])
     if num_docs is not None:
         if num_docs > len(order):
-            raise ValueError(f"dataset 'reuters': num_docs={num_docs} but only {len(order)} documents qualify")
+            raise DatasetError(f"dataset 'reuters': num_docs={num_docs} but only {len(order)} documents qualify")
         order = order[:num_docs]
     data = np.asarray(features[order].todense(), dtype=np.float32)
     description = (f"reuters: {len(data)} of {features.shape[0]} single-topic RCV1-v2 documents (CCAT=0, GCAT=1, "

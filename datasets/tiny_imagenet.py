@@ -22,7 +22,7 @@ import numpy as np
 
 from .image_decoding import RESIZE_MODES, decode_images, list_image_files
 from .lookup import check_choice, check_image_size, expand_root, log, not_found, under
-from .registry import RawData, register
+from .registry import DatasetError, RawData, register
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
@@ -44,13 +44,13 @@ def _words(folder: str) -> dict[str, str]:
 def _val_files(folder: str, index: dict[str, int]) -> tuple[list[str], list[int]]:
     annotations = os.path.join(folder, "val", "val_annotations.txt")
     if not os.path.isfile(annotations):
-        raise ValueError(f"tiny_imagenet: split='val' needs {annotations}")
+        raise DatasetError(f"tiny_imagenet: split='val' needs {annotations}")
     files, labels = [], []
     with open(annotations, encoding="utf-8") as f:
         rows = sorted(line.rstrip("\n").split("\t")[:2] for line in f if line.strip())
     for name, wnid in rows:
         if wnid not in index:
-            raise ValueError(f"{annotations}: {name} has WNID {wnid}, which is not a train/ class")
+            raise DatasetError(f"{annotations}: {name} has WNID {wnid}, which is not a train/ class")
         files.append(os.path.join(folder, "val", "images", name))
         labels.append(index[wnid])
     return files, labels
@@ -80,7 +80,7 @@ def read_tiny_imagenet(root: str | None, *, download: bool = False, split: str =
     with open(os.path.join(folder, "wnids.txt"), encoding="utf-8") as f:
         listed = sorted(line.strip() for line in f if line.strip())
     if listed != wnids:
-        raise ValueError(f"tiny_imagenet: train/ has {len(wnids)} class folders but wnids.txt lists "
+        raise DatasetError(f"tiny_imagenet: train/ has {len(wnids)} class folders but wnids.txt lists "
                          f"{len(listed)} WNIDs, and they differ")
     index = {w: i for i, w in enumerate(wnids)}
     if split == "val":

@@ -102,13 +102,14 @@ def gather(x: Tensor, dim: int = 0) -> Tensor:
     return out.transpose(0, dim)
 
 
-def all_reduce_mean(x: Tensor) -> Tensor:
-    """Mean of `x` over ranks (a copy); identity in one process."""
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers of `module` (BatchNorm statistics, which each rank's last forward moved on
+    its own), so that a pass over data embeds every shard alike; a no-op in one process."""
     if not is_distributed():
-        return x
-    x = x.detach().clone()
-    dist.all_reduce(x)
-    return x / world_size()
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def broadcast_object(obj):

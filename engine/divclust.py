@@ -1,4 +1,4 @@
-"""DivClust as the trainer composes it with any method that returns `assignments` (divclust.md §4, §9).
+"""DivClust as the trainer composes it with any method that returns `assignments` (docs/methods/divclust.md).
 
 The trainer owns the adaptive threshold and the label bank (checkpointed). Assignments are gathered from every
 DDP rank (with gradient) before the loss and the bank update, so every rank holds the same threshold and bank.
@@ -6,11 +6,30 @@ The diversity loss is added as `divclust.weight * loss / C`, as the official cod
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from . import distributed as dist_utils
-from .config import ConfigError
+
+
+def lowest_threshold(steps: int, interval: int, rate: float, start: float = 1.0) -> float:
+    """The lowest threshold a run of `steps` optimizer steps can reach: the threshold moves only at steps
+    0, interval, 2 interval, ... (one update each, by at most the factor `rate`)."""
+    updates = 0 if steps <= 0 else (steps - 1) // int(interval) + 1
+    return float(start) * float(rate) ** updates
+
+
+def interval_to_reach(target: float, steps: int, rate: float, start: float = 1.0) -> int:
+    """The largest NMI_interval whose threshold can fall from `start` to `target` within the first `steps` steps
+    (0 when even an update at every step cannot)."""
+    if target >= start:
+        return max(1, steps)
+    needed = math.ceil(math.log(target / start) / math.log(rate))   # updates needed
+    if needed > steps:
+        return 0
+    return max(1, (steps - 1) // (needed - 1)) if needed > 1 else max(1, steps)
 
 
 class DivClust:
@@ -22,33 +41,20 @@ class DivClust:
         self.bank = torch.empty((self.clusterings, 0), dtype=torch.int64, device=device)
         self.device = device
 
-    @staticmethod
-    def check_config(cfg) -> None:
-        if not 0.0 < float(cfg.NMI_target) <= 1.0:
-            raise ConfigError(f"NMI_target must be in (0, 1] (1 switches DivClust off), not {cfg.NMI_target}.")
-        if float(cfg.NMI_target) < 1.0 and int(cfg.clusterings) < 2:
-            raise ConfigError(f"--NMI_target {cfg.NMI_target} bounds the similarity between clusterings, so it needs "
-                              f"--clusterings 2 or more (got {cfg.clusterings}).")
-        if int(cfg.NMI_interval) < 1 or not 0.0 < float(cfg.threshold_rate) < 1.0:
-            raise ConfigError("NMI_interval must be >= 1 and threshold_rate in (0, 1).")
-
     def step(self, assignments: Tensor, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         """Diversity loss of this step (already weighted and divided by C) and its logs."""
-        from losses.divclust import divclust_step
+        from losses.divclust import divclust_step_measured
 
         cfg = self.cfg
         assignments = dist_utils.gather_with_grad(assignments.float(), dim=1)
-        loss, self.threshold, self.bank = divclust_step(
-            assignments, self.bank, self.threshold, step=step, target=float(cfg.NMI_target),
-            interval=int(cfg.NMI_interval), rate=float(cfg.threshold_rate), bank_size=int(cfg.divclust_mbank_size))
+        loss, self.threshold, self.bank, measured = divclust_step_measured(
+            assignments, self.bank, self.threshold, step, float(cfg.NMI_target), int(cfg.NMI_interval),
+            float(cfg.threshold_rate), int(cfg.divclust_mbank_size))
         weighted = float(cfg.divclust.weight) * loss / self.clusterings
         logs = {"divclust_loss": loss.detach(),
                 "divclust_threshold": torch.full((), self.threshold, device=assignments.device)}  # no blocking copy
-        if step % int(cfg.NMI_interval) == 0:
-            from metrics.diversity import mean_inter_clustering_nmi
-
-            logs["divclust_bank_nmi"] = torch.full((), float(mean_inter_clustering_nmi(self.bank)),
-                                                   device=assignments.device)
+        if measured is not None:
+            logs["divclust_bank_nmi"] = torch.full((), measured, device=assignments.device)
         return weighted, logs
 
     def state_dict(self) -> dict:

@@ -1,55 +1,44 @@
-"""One evaluation routine for every method (ARCHITECTURE.md, Evaluation).
+"""One evaluation for every method: the numbers, the predictions files, the console table and the figures.
 
 Per clustering head: ACC / NMI / ARI of the argmax. k-means (and GMM when asked) on `features(x)` with
 torch_clustering on the run's device. With C > 1: the C x C NMI matrix between clusterings, its mean (D^R) and
-the consensus clustering. Features are extracted on every rank (DistributedSampler, padding removed by index)
-and the clustering runs on the full set on rank 0; the result is broadcast.
+the consensus clustering. The pass over the evaluation set is the run context's `embed` (each DDP rank embeds a
+shard, every rank gets all rows); the clustering runs on rank 0 and its result is broadcast.
+
+Which head is "the result": the head when there is one; the head the method selects without labels
+(`select_head`, e.g. IIC's lowest-loss sub-head) when it selects one; otherwise (C > 1 without a selection) no
+single head is the result: the consensus and the mean over heads are. `best_head` (the highest ACC) chooses with
+the labels: it is reported for analysis only and marked so wherever it is shown.
 """
 from __future__ import annotations
 
+import csv
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data.distributed import DistributedSampler
 
 from . import distributed as dist_utils
 
 
 @torch.no_grad()
-def extract(method, bundle, *, batch_size: int, device: torch.device, autocast) -> dict[str, torch.Tensor]:
-    """Run the eval set through the method: indices, labels, head argmaxes (C, N) or None, features (N, D)."""
-    sampler = DistributedSampler(bundle.eval, shuffle=False) if dist_utils.is_distributed() else None
-    loader = DataLoader(bundle.eval, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=0)
-    was_training = method.training
-    method.eval()
-    indices, labels, heads, feats = [], [], [], []
-    for batch in loader:
-        x = bundle.eval_view(batch, device)
-        with autocast():
-            probs = method.cluster_probs(x)
-            f = method.features(x)
-        indices.append(batch["index"].to(device))
-        labels.append(batch["label"].to(device))
-        feats.append(f.float())
+def extract(method, ctx) -> dict[str, torch.Tensor | None]:
+    """The evaluation set through the method, in dataset order: head argmaxes and their probabilities (C, N) or
+    None, features (N, D)."""
+
+    def rows(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        probs = method.cluster_probs(x)
+        out = {"features": method.features(x).float()}
         if probs is not None:
-            heads.append(probs.argmax(dim=-1))
-    method.train(was_training)
-    out = {"index": torch.cat(indices), "label": torch.cat(labels), "features": torch.cat(feats)}
-    out["heads"] = torch.cat(heads, dim=1) if heads else None
-    if dist_utils.is_distributed():
-        out = {k: (dist_utils.gather(v, dim=1 if k == "heads" else 0) if v is not None else None)
-               for k, v in out.items()}
-    # Remove the samples DistributedSampler repeated to pad the last batch, and restore dataset order.
-    order = torch.argsort(out["index"], stable=True)
-    keep = torch.ones_like(order, dtype=torch.bool)
-    sorted_index = out["index"][order]
-    keep[1:] = sorted_index[1:] != sorted_index[:-1]
-    order = order[keep]
-    return {k: (v[:, order] if k == "heads" else v[order]) if v is not None else None for k, v in out.items()}
+            confidence, heads = probs.float().max(dim=-1)                 # (C, B)
+            out["heads"], out["confidence"] = heads.t(), confidence.t()   # (B, C): rows are samples
+        return out
+
+    out = ctx.embed(ctx.data.eval, rows)
+    return {"features": out["features"], "heads": out["heads"].t() if "heads" in out else None,
+            "confidence": out["confidence"].t() if "confidence" in out else None}
 
 
 def _scores(labels: np.ndarray, pred: np.ndarray):
@@ -65,19 +54,22 @@ def _mean_dict(items: list[dict]) -> dict | None:
     return {k: float(np.mean([i[k] for i in items])) for k in items[0]}
 
 
-def cluster_and_score(extracted: dict, cfg, device: torch.device, *, selected_head: int | None = None,
-                      kmeans_metric: str = "euclidean") -> tuple[dict, dict[str, np.ndarray]]:
+def cluster_and_score(extracted: dict, labels: np.ndarray, cfg, device: torch.device, *,
+                      selected_head: int | None = None, kmeans_metric: str = "euclidean"
+                      ) -> tuple[dict, dict[str, np.ndarray]]:
     """All metrics of one evaluation (results.json shape, without epochs/seconds) and the predictions."""
     from torch_clustering import GaussianMixture, KMeans
 
-    labels = extracted["label"].cpu().numpy()
-    predictions: dict[str, np.ndarray] = {"indices": extracted["index"].cpu().numpy(), "labels": labels}
-    results: dict = {"heads": [], "heads_mean": None, "best_head": None, "selected_head": None, "kmeans": None, "gmm": None,
-                     "consensus": None, "diversity": None, "timing": {}}
+    labels = np.asarray(labels)
+    n = len(labels)
+    predictions: dict[str, np.ndarray] = {"indices": np.arange(n), "labels": labels}
+    results: dict = {"heads": [], "head": None, "heads_mean": None, "best_head": None, "selected_head": None,
+                     "kmeans": None, "gmm": None, "consensus": None, "diversity": None, "timing": {}}
     k = int(cfg.num_clusters)
     if extracted["heads"] is not None:
         assignments = extracted["heads"].cpu().numpy()
         predictions["assignments"] = assignments
+        predictions["confidence"] = extracted["confidence"].cpu().numpy().astype(np.float32)
         results["heads"] = [_scores(labels, a) for a in assignments]
         results["heads_mean"] = _mean_dict(results["heads"])
         scored = [(h["acc"], i) for i, h in enumerate(results["heads"]) if h]
@@ -86,6 +78,9 @@ def cluster_and_score(extracted: dict, cfg, device: torch.device, *, selected_he
             results["best_head"] = dict(results["heads"][best], index=best)
         if selected_head is not None and results["heads"][selected_head]:
             results["selected_head"] = dict(results["heads"][selected_head], index=int(selected_head))
+        reported = selected_head if selected_head is not None else (0 if len(assignments) == 1 else None)
+        if reported is not None and results["heads"][reported]:
+            results["head"] = dict(results["heads"][reported], index=int(reported))
         results["cluster_sizes"] = [np.bincount(a, minlength=k).tolist() for a in assignments]
         if len(assignments) > 1:
             from metrics.diversity import inter_clustering_nmi
@@ -134,20 +129,57 @@ def feature_sample(features: torch.Tensor, points: int, *, seed: int) -> dict[st
 
 
 def save_predictions(predictions: dict[str, np.ndarray], path: Path) -> None:
-    """predictions.npz, written atomically: assignments (C, N), indices, labels, kmeans/gmm/consensus labels, and
-    the plots' feature subsample (feature_rows, features)."""
+    """predictions.npz, written atomically: assignments (C, N) and their confidence, indices, labels,
+    kmeans/gmm/consensus labels, and the plots' feature subsample (feature_rows, features)."""
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **predictions)
     os.replace(tmp, path)
 
 
+def save_predictions_csv(predictions: dict[str, np.ndarray], path: Path, *, sample_ids: list[str] | None = None,
+                         class_names: list[str] | None = None) -> None:
+    """predictions.csv, one row per sample, written atomically: `id` (the file path relative to the data folder
+    for image folders, the row number for arrays, else the dataset index), `label` and `class` when known, then
+    for every head `head<i>` and `head<i>_confidence` (its softmax probability), `consensus` and `kmeans` / `gmm`.
+    Cluster ids are the methods' own (not matched to classes)."""
+    n = len(predictions["labels"])
+    ids = sample_ids if sample_ids is not None else [str(i) for i in range(n)]
+    labels = np.asarray(predictions["labels"])
+    columns: list[tuple[str, np.ndarray]] = []
+    heads = np.asarray(predictions["assignments"]) if "assignments" in predictions else np.zeros((0, n))
+    confidence = np.asarray(predictions.get("confidence", np.zeros_like(heads, dtype=np.float32)))
+    for i in range(len(heads)):
+        columns.append((f"head{i}", heads[i]))
+        columns.append((f"head{i}_confidence", np.asarray([f"{c:.5f}" for c in confidence[i]])))
+    for name in ("consensus", "kmeans", "gmm"):
+        if name in predictions:
+            columns.append((name, np.asarray(predictions[name])))
+    has_labels = bool((labels >= 0).any())
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id"] + (["label"] if has_labels else []) + (["class"] if has_labels and class_names
+                                                                       else []) + [c for c, _ in columns])
+        for row in range(n):
+            label = int(labels[row])
+            cells = [ids[row]]
+            if has_labels:
+                cells.append(label if label >= 0 else "")
+                if class_names:
+                    cells.append(class_names[label] if 0 <= label < len(class_names) else "")
+            cells += [values[row].item() for _, values in columns]
+            writer.writerow(cells)
+    os.replace(tmp, path)
+
+
 def flat_metrics(results: dict) -> dict[str, float]:
-    """`head.acc`, `kmeans.nmi`, `diversity.nmi_mean`, ... for logging and best-checkpoint selection."""
+    """`head.acc`, `kmeans.nmi`, `diversity.nmi_mean`, ... for logging and best-checkpoint selection.
+    `head.*` is the reported head (absent when no single head is the result); `best_head.*` chose with labels."""
     flat: dict[str, float] = {}
-    for name in ("best_head", "selected_head", "heads_mean", "kmeans", "gmm", "consensus"):
+    for name in ("head", "best_head", "selected_head", "heads_mean", "kmeans", "gmm", "consensus"):
         for metric, value in (results.get(name) or {}).items():
             if metric != "index":
-                flat[f"{'head' if name == 'best_head' else name}.{metric}"] = value
+                flat[f"{name}.{metric}"] = value
     for i, head in enumerate(results.get("heads") or []):
         for metric, value in (head or {}).items():
             flat[f"heads/{i}.{metric}"] = value
@@ -185,3 +217,37 @@ def format_table(results: dict) -> str:
     if results.get("diversity"):
         lines.append(f"inter-clustering NMI (D^R): {results['diversity']['nmi_mean']:.4f}")
     return "\n".join(lines)
+
+
+class Evaluator:
+    """The evaluation the trainer runs every `eval_every` epochs and at the end (it is given this object's
+    `__call__`): numbers, predictions.npz / predictions.csv, the console table, metrics.jsonl and the figures."""
+
+    def __init__(self, method, ctx, cfg, run_dir: Path | None, log, *, plots: bool = True):
+        self.method, self.ctx, self.cfg, self.run_dir, self.log, self.plots = method, ctx, cfg, run_dir, log, plots
+
+    def __call__(self, *, epoch: int, step: int, final: bool) -> tuple[dict, dict[str, float]]:
+        start = time.perf_counter()
+        extracted = extract(self.method, self.ctx)
+        selected = self.method.select_head(self.ctx)
+        main = dist_utils.is_main_process()
+        results, predictions = (cluster_and_score(extracted, self.ctx.data.labels.numpy(), self.cfg, self.ctx.device,
+                                                  selected_head=selected, kmeans_metric=self.method.kmeans_metric)
+                                if main else (None, None))
+        results = dist_utils.broadcast_object(results)
+        results["timing"]["eval_s"] = time.perf_counter() - start
+        data = self.ctx.data
+        if main and self.run_dir is not None:
+            save_predictions(predictions, self.run_dir / "predictions.npz")
+            save_predictions_csv(predictions, self.run_dir / "predictions.csv", sample_ids=data.sample_ids,
+                                 class_names=data.class_names)
+        self.log.info(f"evaluation after epoch {epoch} ({results['timing']['eval_s']:.1f}s):\n"
+                      + format_table(results), "cyan")
+        flat = flat_metrics(results)
+        self.log.log_metrics({f"eval/{k}": v for k, v in flat.items()}, step=step, epoch=epoch)
+        if main and self.run_dir is not None and self.plots:   # figures never raise (engine/plots.py)
+            from .plots import write_evaluation_plots
+
+            write_evaluation_plots(self.run_dir, results, predictions, self.cfg, epoch=epoch, step=step,
+                                   final=final, logger=self.log, class_names=data.class_names)
+        return results, flat

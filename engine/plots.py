@@ -379,7 +379,7 @@ def write_plots(out_dir: Path, results: dict, predictions: dict, *, metrics_path
 
 
 def write_evaluation_plots(run_dir: Path, results: dict, predictions: dict, cfg, *, epoch: int, step: int,
-                           final: bool, logger) -> list[Path]:
+                           final: bool, logger, class_names: list[str] | None = None) -> list[Path]:
     """The trainer's hook at the end of an evaluation: figures into the run directory, each sent to wandb through
     the run logger. t-SNE at the final evaluation (`plot_tsne: final`), every one (`every`) or never."""
     if not cfg.get("plots", True):
@@ -399,14 +399,3 @@ def write_evaluation_plots(run_dir: Path, results: dict, predictions: dict, cfg,
     except Exception as err:  # never let a figure stop training
         logger.warning(f"plots failed ({type(err).__name__}: {str(err)[:200]}); training continues")
         return []
-
-
-def check_plot_config(cfg) -> None:
-    """Refuse a plot_tsne value other than final / every / never before any work (raises ConfigError)."""
-    from .config import ConfigError
-
-    mode = cfg.get("plot_tsne", "final")
-    if mode not in TSNE_CHOICES:
-        raise ConfigError(f"--plot_tsne must be one of {', '.join(TSNE_CHOICES)}, not {mode!r}.")
-    if int(cfg.get("plot_tsne_points", 0)) < 0:
-        raise ConfigError("--plot_tsne_points must be >= 0 (0 keeps no features).")

@@ -76,8 +76,17 @@ def cluster_contrastive_loss(c_i: Tensor, c_j: Tensor, *, temperature: float = 1
 
 
 def cc_loss(z_i: Tensor, z_j: Tensor, c_i: Tensor, c_j: Tensor, *, instance_temperature: float = 0.5,
-            cluster_temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
-    """(total, instance, cluster) with cluster including the entropy term; total = instance + cluster (§4.4)."""
+            cluster_temperature: float = 1.0, entropy_weight: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """CC's objective: (total, instance, cluster) with cluster including the entropy term; total = instance +
+    cluster (paper Eq. (9) with the official entropy constant).
+
+    z_i, z_j: (N, D) normalised instance projections; c_i, c_j: (N, K) cluster probabilities, or (C, N, K) for C
+    clusterings composed with DivClust (its re-implementation of CC): the instance loss once, the cluster loss
+    averaged over the clusterings.
+    """
     instance = instance_contrastive_loss(z_i, z_j, temperature=instance_temperature)
-    cluster = cluster_contrastive_loss(c_i, c_j, temperature=cluster_temperature)
+    heads_i, heads_j = (c_i, c_j) if c_i.dim() == 3 else (c_i[None], c_j[None])
+    cluster = torch.stack([cluster_contrastive_loss(a, b, temperature=cluster_temperature,
+                                                    entropy_weight=entropy_weight)
+                           for a, b in zip(heads_i, heads_j)]).mean()
     return instance + cluster, instance, cluster

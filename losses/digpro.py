@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losses.propos import require_matrix, require_positive, require_same_layout, symmetric_alignment_and_psl
+from losses.propos import propos_objective, require_matrix, require_positive, require_same_layout
 
-__all__ = ["assign_groups", "momentum_group_update", "dynamic_grouping_loss", "digpro_objective"]
+__all__ = ["assign_groups", "momentum_group_update", "dynamic_grouping_loss", "symmetric_grouping", "digpro_objective"]
 
 # The official assignment takes the argmax of cosine / 0.1 (lightly's default logit temperature). Dividing by a
 # positive constant never reorders values, but it can merge values 1 ulp apart into a tie; dividing the same way
@@ -97,26 +97,41 @@ def dynamic_grouping_loss(q: Tensor, k: Tensor, p: Tensor, group_features: Tenso
     return F.cross_entropy(logits, targets), updated.detach()
 
 
+def symmetric_grouping(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, p1_clean: Tensor, p2_clean: Tensor,
+                       group_features: Tensor, *, beta: float = 0.99, temperature: float = 0.1
+                       ) -> tuple[Tensor, Tensor]:
+    """The dynamic grouping loss of both directions, in turn: (L1, G1) = grouping(q1, k2, p1_clean, G),
+    (L2, G2) = grouping(q2, k1, p2_clean, G1); returns ((L1 + L2) / 2, G2 detached).
+
+    q_v raw online projections, k_v target projections, p_v_clean = predictor(q_v) without noise, all (N, D);
+    group_features (G, D). Under DDP the model passes tensors gathered over the ranks (q and p with gradient),
+    so every rank keeps the same group features."""
+    require_same_layout("q1", q1, q2=q2, k1=k1, k2=k2, p1_clean=p1_clean, p2_clean=p2_clean)
+    loss_1, groups_1 = dynamic_grouping_loss(q1, k2, p1_clean, group_features, beta=beta, temperature=temperature)
+    loss_2, groups_2 = dynamic_grouping_loss(q2, k1, p2_clean, groups_1, beta=beta, temperature=temperature)
+    return 0.5 * (loss_1 + loss_2), groups_2
+
+
 def digpro_objective(p1: Tensor, p2: Tensor, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, labels: Tensor,
                      group_features: Tensor, p1_clean: Tensor, p2_clean: Tensor, *, num_clusters: int,
                      temperature: float = 0.5, psl_weight: float = 0.1, grouping_weight: float = 0.3,
-                     beta: float = 0.99, group_temperature: float = 0.1,
-                     offset: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Spec 4.5: ``total = alignment + psl_weight * PSL_sym + grouping_weight * grouping``; returns
+                     beta: float = 0.99, group_temperature: float = 0.1, offset: float = 0.0,
+                     gathered: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """DigPro's objective: ``total = alignment + psl_weight * PSL_sym + grouping_weight * grouping``; returns
     (total, alignment, psl, grouping, new_group_features).
 
     p_v = predictor(q_v + sigma * eps_v), p_v_clean = predictor(q_v); q_v raw online and k_v target projections of
     view v; labels (B,) pseudo-labels; group_features (G, D). Alignment and PSL as ``propos_objective``. The
-    grouping directions are sequential: (L1, G1) = grouping(q1, k2, p1_clean, G), (L2, G2) = grouping(q2, k1,
-    p2_clean, G1); grouping = (L1 + L2) / 2; new_group_features = G2 (detached). The grouping term has no warm-up;
-    during warm-up the model passes ``psl_weight=0.0`` and sigma 0 (so p_v == p_v_clean).
+    grouping directions are sequential (``symmetric_grouping``); new_group_features is detached. Under DDP the
+    model passes ``gathered`` = {q1, q2, k1, k2, labels, p1_clean, p2_clean} of the global batch: the PSL and the
+    grouping run on it, so every rank keeps the same group features. The grouping term has no warm-up; during
+    warm-up the model passes ``psl_weight=0.0`` and sigma 0 (so p_v == p_v_clean).
     """
-    alignment, psl = symmetric_alignment_and_psl(p1, p2, q1, q2, k1, k2, labels, num_clusters=num_clusters,
-                                                 temperature=temperature, offset=offset)
+    partial, alignment, psl = propos_objective(p1, p2, q1, q2, k1, k2, labels, num_clusters=num_clusters,
+                                               temperature=temperature, psl_weight=psl_weight, offset=offset,
+                                               gathered=gathered)
     require_same_layout("p1", p1, p1_clean=p1_clean, p2_clean=p2_clean)
-    loss_1, groups_1 = dynamic_grouping_loss(q1, k2, p1_clean, group_features, beta=beta,
-                                             temperature=group_temperature)
-    loss_2, groups_2 = dynamic_grouping_loss(q2, k1, p2_clean, groups_1, beta=beta, temperature=group_temperature)
-    grouping = 0.5 * (loss_1 + loss_2)
-    total = alignment + psl_weight * psl + grouping_weight * grouping
-    return total, alignment, psl, grouping, groups_2
+    g = gathered or {"q1": q1, "q2": q2, "k1": k1, "k2": k2, "p1_clean": p1_clean, "p2_clean": p2_clean}
+    grouping, groups = symmetric_grouping(g["q1"], g["q2"], g["k1"], g["k2"], g["p1_clean"], g["p2_clean"],
+                                          group_features, beta=beta, temperature=group_temperature)
+    return partial + grouping_weight * grouping, alignment, psl, grouping, groups

@@ -199,7 +199,7 @@ def divclust_step(
     rate: float = 0.99,
     bank_size: int = 10_000,
 ) -> tuple[Tensor, float, Tensor]:
-    """One training step of the official DivClust mechanism as a pure function (divclust.md §4, §9).
+    """One training step of the official DivClust mechanism as a pure function.
 
     If C == 1 or target >= 1 (DivClust off): returns (exact 0, threshold, label_bank) with the bank
     untouched. Otherwise:
@@ -220,17 +220,29 @@ def divclust_step(
     Returns:
         (loss, threshold as float, label bank [C, M'] int64 on the assignments' device).
     """
+    loss, threshold_value, bank, _ = divclust_step_measured(assignments, label_bank, threshold, step, target,
+                                                            interval, rate, bank_size)
+    return loss, threshold_value, bank
+
+
+def divclust_step_measured(assignments: Tensor, label_bank: Tensor | None, threshold: float | Tensor, step: int,
+                           target: float, interval: int, rate: float, bank_size: int
+                           ) -> tuple[Tensor, float, Tensor, float | None]:
+    """`divclust_step` (same arguments, positional) that also returns the bank's measured mean NMI of an update
+    step (None on the other steps), so the trainer logs the number the threshold moved by without computing it
+    twice."""
     assignments = _check_assignments(assignments)
     if int(interval) < 1:
         raise ValueError(f"interval must be >= 1, got {interval}")
     if assignments.shape[0] == 1 or float(target) >= 1.0:
-        return _exact_zero(assignments), float(threshold), label_bank
+        return _exact_zero(assignments), float(threshold), label_bank, None
     with torch.no_grad():
         labels = assignments.detach().argmax(dim=-1)  # [C, N]
     bank = update_label_bank(label_bank, labels, bank_size=bank_size)
     threshold_value = float(threshold)
+    measured = None
     if int(step) % int(interval) == 0:
-        measured = mean_inter_clustering_nmi(bank)
+        measured = float(mean_inter_clustering_nmi(bank))
         threshold_value = update_threshold(threshold_value, measured, target=target, rate=rate)
     loss = divclust_loss(assignments, threshold=threshold_value)
-    return loss, threshold_value, bank
+    return loss, threshold_value, bank, measured

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losses.propos import require_matrix, require_positive, require_same_layout, symmetric_alignment_and_psl
+from losses.propos import propos_objective, require_matrix, require_positive, require_same_layout
 
-__all__ = ["hardness_aware_self_distillation_loss", "hadis_objective"]
+__all__ = ["hardness_aware_self_distillation_loss", "symmetric_hsd", "hadis_objective"]
 
 # Squared distances are clamped at this value before the square root (so no distance is below 1e-6).
 SQUARED_DISTANCE_FLOOR = 1e-12
@@ -76,19 +76,28 @@ def hardness_aware_self_distillation_loss(teacher: Tensor, student: Tensor, *, t
     return F.cross_entropy(logits, targets)
 
 
+def symmetric_hsd(k1: Tensor, k2: Tensor, p1: Tensor, p2: Tensor, *, tau: float = 0.5) -> Tensor:
+    """HSD of both directions, each with weight 1/2: teacher = target projection of the other view, student =
+    the (noisy) predictor output of this view, on this rank's batch (the official code does not gather k).
+    k_v, p_v: (B, D). Returns a scalar."""
+    return 0.5 * (hardness_aware_self_distillation_loss(k2, p1, tau=tau)
+                  + hardness_aware_self_distillation_loss(k1, p2, tau=tau))
+
+
 def hadis_objective(p1: Tensor, p2: Tensor, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, labels: Tensor, *,
                     num_clusters: int, temperature: float = 0.5, psl_weight: float = 0.1, tau: float = 0.5,
-                    hsd_weight: float = 1.0, offset: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Spec 4.3: ``total = DSA_sym + hsd_weight * HSD_sym + psl_weight * PSL_sym``; returns (total, alignment,
-    psl, hsd).
+                    hsd_weight: float = 1.0, offset: float = 0.0, gathered: dict[str, Tensor] | None = None
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """HaDis's objective: ``total = DSA_sym + psl_weight * PSL_sym + hsd_weight * HSD_sym``; returns (total,
+    alignment, psl, hsd).
 
     Inputs as ``losses.propos.propos_objective``: p_v = predictor(q_v + sigma * eps_v) (B, D), q_v raw online
-    projection, k_v target projection of view v, labels (B,) pseudo-labels. HSD_sym = (HSD(k2, p1) + HSD(k1, p2))
-    / 2 on the local batch. HSD is on from the first epoch; during warm-up the model passes ``psl_weight=0.0``.
+    projection, k_v target projection of view v, labels (B,) pseudo-labels (``gathered``: the global batch for
+    the PSL under DDP). HSD_sym = (HSD(k2, p1) + HSD(k1, p2)) / 2 on this rank's batch. HSD is on from the first
+    epoch; during warm-up the model passes ``psl_weight=0.0``.
     """
-    alignment, psl = symmetric_alignment_and_psl(p1, p2, q1, q2, k1, k2, labels, num_clusters=num_clusters,
-                                                 temperature=temperature, offset=offset)
-    hsd = 0.5 * (hardness_aware_self_distillation_loss(k2, p1, tau=tau)
-                 + hardness_aware_self_distillation_loss(k1, p2, tau=tau))
-    total = alignment + hsd_weight * hsd + psl_weight * psl
-    return total, alignment, psl, hsd
+    partial, alignment, psl = propos_objective(p1, p2, q1, q2, k1, k2, labels, num_clusters=num_clusters,
+                                               temperature=temperature, psl_weight=psl_weight, offset=offset,
+                                               gathered=gathered)
+    hsd = symmetric_hsd(k1, k2, p1, p2, tau=tau)
+    return partial + hsd_weight * hsd, alignment, psl, hsd

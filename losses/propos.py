@@ -1,7 +1,7 @@
 """ProPos losses: positive sampling alignment (PSA) and prototype scattering loss (PSL).
 
 Paper: Huang et al., "Learning Representation for Clustering via Prototype Scattering and Positive Sampling",
-TPAMI 2022 (arXiv 2111.11821). Spec: ``shared/specs/propos.md`` section 4 (losses) and section 10 (API).
+TPAMI 2022 (arXiv 2111.11821). Documentation: docs/methods/propos.md.
 Where paper and official code (``Hzzone/ProPos`` @ cc35d8c) differ, these functions follow the code:
 
 * PSA in the default code path is ``-2 * mean cos`` (offset 0), not BYOL's ``2 - 2 cos``; ``offset=2.0`` gives the
@@ -13,8 +13,9 @@ Where paper and official code (``Hzzone/ProPos`` @ cc35d8c) differ, these functi
   dtype, so float64 inputs give float64 results.
 
 Every function is pure: no module state, no randomness (the Gaussian noise of positive sampling is an input).
-HaDis (``losses/hadis.py``) and DigPro (``losses/digpro.py``) reuse the alignment, the PSL, the symmetrised pair
-``symmetric_alignment_and_psl`` and the input checks defined here.
+HaDis (``losses/hadis.py``) and DigPro (``losses/digpro.py``) reuse the alignment, the PSL, their symmetrised
+forms ``symmetric_alignment`` and ``symmetric_psl`` and the input checks; ``propos_objective`` (and
+``hadis_objective``, ``digpro_objective``) is what the models call.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ __all__ = [
     "alignment_loss",
     "compute_prototypes",
     "prototype_scattering_loss",
-    "symmetric_alignment_and_psl",
+    "symmetric_alignment",
+    "symmetric_psl",
     "propos_objective",
 ]
 
@@ -196,34 +198,47 @@ def prototype_scattering_loss(q: Tensor, k: Tensor, labels: Tensor, present_labe
 # symmetrised objective
 # ----------------------------------------------------------------------------------------------------------------
 
-def symmetric_alignment_and_psl(p1: Tensor, p2: Tensor, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor,
-                                labels: Tensor, *, num_clusters: int, temperature: float = 0.5,
-                                offset: float = 0.0) -> tuple[Tensor, Tensor]:
-    """The part ProPos, HaDis and DigPro share (spec 4.2 + 4.4, symmetrised with 1/2 each).
+def symmetric_alignment(p1: Tensor, p2: Tensor, k1: Tensor, k2: Tensor, *, offset: float = 0.0) -> Tensor:
+    """PSA of both directions, each with weight 1/2: view 1's predictions against view 2's target and vice versa.
 
-    p_v: (B, D) predictor output on the (noisy) online projection of view v; q_v: (B, D) raw online projection of
-    view v; k_v: (B, D) target projection of view v; labels: (B,) pseudo-labels. View 1 is aligned with the target
-    of view 2 and vice versa. Returns (alignment, psl), two scalars.
+    p_v: (B, D) predictor output on the (noisy) online projection of view v; k_v: (B, D) target projection of
+    view v. This rank's batch only (the official multi-GPU code aligns per GPU). Returns a scalar.
     """
     require_matrix("p1", p1)
-    require_same_layout("p1", p1, p2=p2, q1=q1, q2=q2, k1=k1, k2=k2)
-    alignment = 0.5 * (alignment_loss(p1, k2, offset=offset) + alignment_loss(p2, k1, offset=offset))
-    psl = 0.5 * (prototype_scattering_loss(q1, k2, labels, num_clusters=num_clusters, temperature=temperature)
-                 + prototype_scattering_loss(q2, k1, labels, num_clusters=num_clusters, temperature=temperature))
-    return alignment, psl
+    require_same_layout("p1", p1, p2=p2, k1=k1, k2=k2)
+    return 0.5 * (alignment_loss(p1, k2, offset=offset) + alignment_loss(p2, k1, offset=offset))
+
+
+def symmetric_psl(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, labels: Tensor, present_labels: Tensor | None = None,
+                  *, num_clusters: int, temperature: float = 0.5) -> Tensor:
+    """PSL of both directions, each with weight 1/2: prototypes of view 1's online projections against view 2's
+    target prototypes and vice versa.
+
+    q_v: (N, D) raw online projections, k_v: (N, D) target projections, labels: (N,) pseudo-labels, all gathered
+    over the DDP ranks (q with gradient); present_labels: this rank's labels, which decide which clusters are
+    present (the official multi-GPU behaviour; None: `labels`, as in one process). Returns a scalar.
+    """
+    require_matrix("q1", q1)
+    require_same_layout("q1", q1, q2=q2, k1=k1, k2=k2)
+    return 0.5 * (prototype_scattering_loss(q1, k2, labels, present_labels, num_clusters=num_clusters,
+                                            temperature=temperature)
+                  + prototype_scattering_loss(q2, k1, labels, present_labels, num_clusters=num_clusters,
+                                              temperature=temperature))
 
 
 def propos_objective(p1: Tensor, p2: Tensor, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, labels: Tensor, *,
-                     num_clusters: int, temperature: float = 0.5, psl_weight: float = 0.1,
-                     offset: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-    """Spec 4.5: ``total = PSA + psl_weight * PSL_sym``; returns (total, alignment, psl).
+                     num_clusters: int, temperature: float = 0.5, psl_weight: float = 0.1, offset: float = 0.0,
+                     gathered: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """ProPos's objective: ``total = PSA_sym + psl_weight * PSL_sym``; returns (total, alignment, psl).
 
     p_v = predictor(gaussian_positive_sampling(q_v, eps_v)); q_v raw online projection; k_v target projection of
     view v; labels: (B,) pseudo-labels of the batch; every tensor has B rows. During warm-up the model passes
-    ``psl_weight=0.0`` (and latent_std 0 to the sampling). Multi-GPU training gathers q and k for the PSL and
-    passes this rank's labels as ``present_labels``: compose the single-direction functions for that case.
+    ``psl_weight=0.0`` (and latent_std 0 to the sampling). Under DDP the model passes ``gathered`` = {q1, q2, k1,
+    k2, labels} of the global batch (q with gradient): the PSL then runs on them, this rank's labels deciding
+    which clusters are present (the official multi-GPU behaviour); the alignment stays on this rank's batch.
     """
-    alignment, psl = symmetric_alignment_and_psl(p1, p2, q1, q2, k1, k2, labels, num_clusters=num_clusters,
-                                                 temperature=temperature, offset=offset)
-    total = alignment + psl_weight * psl
-    return total, alignment, psl
+    alignment = symmetric_alignment(p1, p2, k1, k2, offset=offset)
+    g = gathered or {"q1": q1, "q2": q2, "k1": k1, "k2": k2, "labels": labels}
+    psl = symmetric_psl(g["q1"], g["q2"], g["k1"], g["k2"], g["labels"], labels if gathered else None,
+                        num_clusters=num_clusters, temperature=temperature)
+    return alignment + psl_weight * psl, alignment, psl

@@ -6,7 +6,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .base import DataInfo
+from datasets import DataInfo
+from engine.config import ConfigError
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -18,7 +19,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.GroupNorm(8, channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"backbone_norm must be batch, group or none, not {kind!r}")
+    raise ConfigError(f"backbone_norm must be batch, group or none, not {kind!r}")
 
 
 def _conv_bn_relu(cin: int, cout: int, norm: str) -> list[nn.Module]:
@@ -29,7 +30,8 @@ def small_cnn(info: DataInfo) -> tuple[nn.Module, int]:
     """A VGG-style CNN for small grey images (8x8 digits, 28x28 MNIST): 3 stages (32, 64, 128 channels) of two
     3x3 conv-BN-ReLU, 2x2 max-pool between stages while the map is at least 4x4, global average pool. d = 128."""
     if info.kind != "image":
-        raise ValueError("backbone small_cnn needs images; use backbone mlp for vector data")
+        raise ConfigError("backbone small_cnn needs images, and the data are vectors: use --backbone mlp (the "
+                          "one backbone for vectors).")
     layers: list[nn.Module] = []
     size, cin = info.image_size, info.channels
     for stage, width in enumerate((32, 64, 128)):
@@ -61,9 +63,9 @@ def _resnet(depth: int, cifar_stem: bool) -> Callable[[DataInfo], tuple[nn.Modul
         import torchvision
 
         if info.kind != "image":
-            raise ValueError(f"backbone resnet{depth} needs images")
+            raise ConfigError(f"backbone resnet{depth} needs images, and the data are vectors: use --backbone mlp.")
         if info.norm != "batch":
-            raise ValueError(f"backbone resnet{depth} uses BatchNorm; backbone_norm {info.norm!r} is for small_cnn and mlp")
+            raise ConfigError(f"backbone resnet{depth} uses BatchNorm; backbone_norm {info.norm!r} is for small_cnn and mlp")
         net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
         width = net.fc.in_features
         net.fc = nn.Identity()
@@ -121,9 +123,9 @@ def resnet34_5g(info: DataInfo) -> tuple[nn.Module, int]:
     import torchvision
 
     if info.kind != "image":
-        raise ValueError("backbone resnet34_5g needs images")
+        raise ConfigError("backbone resnet34_5g needs images, and the data are vectors: use --backbone mlp.")
     if info.norm != "batch":
-        raise ValueError(f"backbone resnet34_5g uses BatchNorm; backbone_norm {info.norm!r} is for small_cnn and mlp")
+        raise ConfigError(f"backbone resnet34_5g uses BatchNorm; backbone_norm {info.norm!r} is for small_cnn and mlp")
     net = torchvision.models.resnet34(weights=None)
     net.conv1 = nn.Conv2d(info.channels, 64, 3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -137,9 +139,9 @@ def vgg_6c(info: DataInfo) -> tuple[nn.Module, int]:
     256, 512 channels with a 2x2 max-pool after each of the first three, flattened: d = 512 * (S / 8)^2 (4,608 at
     S = 24). Init as IIC's VGG: Kaiming-normal (fan_in, ReLU) convolutions, BN 1/0."""
     if info.kind != "image":
-        raise ValueError("backbone vgg_6c needs images")
+        raise ConfigError("backbone vgg_6c needs images, and the data are vectors: use --backbone mlp.")
     if info.image_size % 8:
-        raise ValueError(f"backbone vgg_6c needs an image_size divisible by 8 (three 2x2 max-pools), got {info.image_size}")
+        raise ConfigError(f"backbone vgg_6c needs an image_size divisible by 8 (three 2x2 max-pools), got {info.image_size}")
     layers: list[nn.Module] = []
     cin = info.channels
     for i, width in enumerate((64, 128, 256, 512)):
@@ -168,5 +170,5 @@ BACKBONES: dict[str, Callable[[DataInfo], tuple[nn.Module, int]]] = {
 
 def build_backbone(name: str, info: DataInfo) -> tuple[nn.Module, int]:
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}")
+        raise ConfigError(f"backbone {name!r} is not available here; choose one of {', '.join(BACKBONES)}.")
     return BACKBONES[name](info)

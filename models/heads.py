@@ -1,10 +1,13 @@
-"""Cluster heads, replicated C times on a shared backbone for DivClust (spec divclust.md §2)."""
+"""Cluster heads, replicated C times on a shared backbone for DivClust, and the helpers the head-based methods share
+(label-free head selection by loss, zero gradients for idle heads, block-layout gathering)."""
 from __future__ import annotations
 
 import math
 
 import torch
 from torch import Tensor, nn
+
+from engine.distributed import gather_with_grad
 
 
 class MultiHeadLinear(nn.Module):
@@ -64,9 +67,25 @@ class LowestLossHeadSelection:
         self.head_loss_sum += losses.detach().double()
         self.head_loss_steps += 1
 
-    def select_head(self) -> int | None:
+    def select_head(self, ctx=None) -> int | None:
         """The head with the lowest summed loss; None with a single head or before any step of a pass."""
         if self.head_loss_sum.numel() == 1 or int(self.head_loss_steps) == 0:
             return None
         return int(torch.argmin(self.head_loss_sum))
 
+
+
+def zero_touch(modules: list[nn.Module]) -> Tensor:
+    """0 * (sum of the parameters of `modules`): adds nothing to the loss but gives those parameters zero gradients
+    (so DDP sees every parameter used, and Adam moves them by momentum as after the official `zero_grad()` of the
+    PyTorch versions the official PICA, IIC and CC code ran on)."""
+    params = [p for m in modules for p in m.parameters()]
+    if not params:
+        return torch.zeros(())
+    return 0.0 * torch.stack([p.sum() for p in params]).sum()
+
+
+def gather_blocks(p: Tensor, blocks: int) -> Tensor:
+    """(C, R*b, K) local probabilities in block layout -> (C, R*B, K) for the global batch, still in block layout
+    (each of the R blocks is gathered across DDP ranks separately). Identity in one process."""
+    return torch.cat([gather_with_grad(chunk, dim=1) for chunk in p.chunk(blocks, dim=1)], dim=1)

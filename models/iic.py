@@ -1,19 +1,19 @@
 """IIC: Invariant Information Clustering (Ji, Henriques, Vedaldi, ICCV 2019), image clustering.
-Spec: shared/specs/iic.md; DivClust composition: iic.md §8 (the framework's own definition).
+Documentation: docs/methods/iic.md (with the DivClust composition, the framework's own definition).
 
-Network (iic.md §2): optional fixed Sobel front end on the ITU-R 601 luma of the [0, 1] image (`iic.sobel`; the
+Network: optional fixed Sobel front end on the ITU-R 601 luma of the [0, 1] image (`iic.sobel`; the
 Table-1 runs use it, MNIST does not) -> trunk (`backbone`: `resnet34_5g` = ClusterNet5gTrunk, `vgg_6c` =
 ClusterNet6cTrunk) -> head A (over-clustering, `iic.overcluster_k` clusters; 0 = no head A) and head B (main,
 `num_clusters`), each with `iic.sub_heads` sub-heads `Linear(d, k) -> softmax` (init N(0, 0.01), bias 0).
 `iic.bn_track false` makes every BatchNorm use batch statistics in training and evaluation, as the official
 CIFAR-10 and MNIST runs (evaluation then depends on the batch: set `eval_batch_size` to the official batch).
 
-Schedule (iic.md §5): a cycle of `head_A_epochs` epochs of head A and `head_B_epochs` epochs of head B, in the
+Schedule: a cycle of `head_A_epochs` epochs of head A and `head_B_epochs` epochs of head B, in the
 order `iic.head_order` (AB = the official `--head_A_first`). One epoch of the trainer = one full pass that
 optimises only the active head's sub-heads (the trunk always trains), so the official "2000 epochs" of
 A x1 + B x2 are 6,000 epochs here.
 
-Step (iic.md §3-§4): `batch_size` = B distinct images; view 0 is tf1, views 1..r are r independent tf2 views
+Step: `batch_size` = B distinct images; view 0 is tf1, views 1..r are r independent tf2 views
 (r = `iic.repeats`); the original batch goes through the network once and its probabilities are tiled r times
 (block layout), which equals the official forward of the r-fold repeated batch: BatchNorm's batch mean and biased
 variance do not change when a batch is repeated (only the unbiased running-variance update differs, by a factor
@@ -25,14 +25,14 @@ and their mean; `select_head()` is the sub-head with the lowest loss summed over
 the paper's "lowest-loss sub-head"). The official analysis script recomputes that loss in eval mode over the head-B
 data after training; here it is the training loss of the pass, without an extra pass over the data.
 
-DivClust (`--clusterings C`, iic.md §8): head B is C parallel K-way heads with no sub-heads (so C > 1 needs
+DivClust (`--clusterings C`): head B is C parallel K-way heads with no sub-heads (so C > 1 needs
 `--iic.sub_heads 1`); head A, when present, stays single (with its sub-heads), as PICA's over-clustering heads.
-`assignments` are head B's tf1 probabilities (C, b, K); detached during a head-A pass. The exact §8 definition
+`assignments` are head B's tf1 probabilities (C, b, K); detached during a head-A pass. The exact definition
 (colour input, no Sobel, no head A, DivClust-PICA's data) is `--preset pica_cifar10 --method iic --iic.sobel false
 --iic.overcluster_k 0 --iic.sub_heads 1 --iic.repeats 3 --clusterings C --NMI_target T` (the `pica` augmentation
 then makes the clean view plus r perturbed views).
 
-MNIST (iic.md §5, design decision): the official greyscale script calls `net(imgs)` without `head=`, so its "head A"
+MNIST (a design decision): the official greyscale script calls `net(imgs)` without `head=`, so its "head A"
 pass trains head B again (head A is never trained). The `iic_mnist` preset follows the intended schedule
 (B x2 then A x1 with head A really trained).
 
@@ -41,22 +41,40 @@ kept); no rounding of the grey image to 8 bits; augmentations from datasets/batc
 `grid_sample`, not PIL); heads that are not trained in a pass get zero gradients (not None), as the official
 `zero_grad()` of PyTorch 1.0 left them, so Adam keeps moving them by their decaying momentum exactly as there
 (this also keeps every parameter in the graph, which DistributedDataParallel requires); the final epoch is
-reported (no best-ACC checkpoint, pitfall 8).
+reported (no best-ACC checkpoint).
 """
-from __future__ import annotations
-
 import dataclasses
 
 import torch
 from torch import Tensor, nn
 
+from datasets import DataRequest
+from engine.config import ConfigError, Key, Section, at_least, non_negative, one_of
 from engine.distributed import gather_with_grad
 from losses.iic import iic_loss
 
 from .backbones import SobelFilter, build_backbone
 from .base import ClusteringMethod, DataInfo
-from .heads import ClusterHeads, LowestLossHeadSelection
-from .pica import gather_blocks, zero_touch
+from .heads import ClusterHeads, LowestLossHeadSelection, gather_blocks, zero_touch
+
+SECTION = Section("iic", "IIC (Invariant Information Clustering, Ji et al. ICCV 2019)", {
+    "overcluster_k": Key(70, "clusters of the over-clustering head A (0: no head A)",
+                         lambda v: None if isinstance(v, int) and (v == 0 or v >= 2) else "0 or an integer >= 2",
+                         shape=True),
+    "sub_heads": Key(5, "sub-heads per head (losses averaged); evaluation reports every head-B sub-head and selects "
+                        "the lowest-loss one", at_least(1, integer=True), shape=True),
+    "repeats": Key(5, "r: transformed views per image, the original view tiled r times (official step batch = "
+                      "r * batch_size)", at_least(1, integer=True)),
+    "head_order": Key("BA", "order of the head passes in a cycle: AB (official --head_A_first) or BA",
+                      one_of("AB", "BA")),
+    "head_A_epochs": Key(1, "consecutive epochs (full passes) of head A per cycle", at_least(0, integer=True)),
+    "head_B_epochs": Key(1, "consecutive epochs of head B per cycle", at_least(1, integer=True)),
+    "lamb": Key(1.0, "weight of the marginal-entropy terms of the IIC loss", non_negative),
+    "bn_track": Key(True, "BatchNorm running statistics; false: batch statistics in training and evaluation "
+                          "(official CIFAR-10, MNIST)", shape=True),
+    "sobel": Key(True, "fixed Sobel front end on the ITU-R 601 luma of the [0, 1] image (official MNIST: false)",
+                 shape=True),
+}, owners=("iic",))
 
 
 def _sub_heads(dim: int, k: int, count: int) -> ClusterHeads:
@@ -76,34 +94,30 @@ def _batch_statistics_only(module: nn.Module) -> None:
 
 
 class IIC(LowestLossHeadSelection, ClusteringMethod):
+    config_sections = (SECTION,)
     has_cluster_heads = True
 
     @classmethod
-    def views_for(cls, cfg) -> int:
-        return 1 + int(cfg.iic.repeats)
+    def check_config(cls, cfg) -> None:
+        if int(cfg.clusterings) > 1 and int(cfg.iic.sub_heads) != 1:
+            raise ConfigError(
+                f"IIC with --clusterings {cfg.clusterings} is DivClust-IIC: head B becomes {cfg.clusterings} "
+                f"parallel clusterings without sub-heads. Add --iic.sub_heads 1 (got {cfg.iic.sub_heads}).")
+
+    @classmethod
+    def data_request(cls, cfg) -> DataRequest:
+        return DataRequest(views=1 + int(cfg.iic.repeats))
 
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
         c = cfg.iic
-        if int(c.repeats) < 1 or int(c.sub_heads) < 1:
-            raise ValueError("iic.repeats and iic.sub_heads must be >= 1")
-        if self.clusterings > 1 and int(c.sub_heads) != 1:
-            raise ValueError(
-                f"IIC with --clusterings {self.clusterings} is DivClust-IIC (iic.md §8): head B becomes "
-                f"{self.clusterings} parallel clusterings without sub-heads. Add --iic.sub_heads 1 "
-                f"(got {c.sub_heads}).")
-        if c.head_order not in ("AB", "BA"):
-            raise ValueError(f"iic.head_order must be AB or BA, not {c.head_order!r}")
-        if int(c.head_A_epochs) < 0 or int(c.head_B_epochs) < 1:
-            raise ValueError("iic.head_B_epochs must be >= 1 and iic.head_A_epochs >= 0")
         if info.kind != "image" and c.sobel:
-            raise ValueError("iic.sobel needs images; use --iic.sobel false for vector data")
+            raise ConfigError("iic.sobel needs images, and the data are vectors: use --iic.sobel false "
+                              "--backbone mlp for vector data.")
         self.sobel = SobelFilter("luma") if c.sobel else None
         trunk_info = dataclasses.replace(info, channels=2) if c.sobel else info
         self.backbone, dim = build_backbone(cfg.backbone, trunk_info)
         k_a = int(c.overcluster_k)
-        if k_a == 1 or k_a < 0:
-            raise ValueError(f"iic.overcluster_k must be 0 (no head A) or >= 2, got {k_a}")
         self.head_a = _sub_heads(dim, k_a, int(c.sub_heads)) if k_a else None
         self.head_b = _sub_heads(dim, info.num_clusters, int(c.sub_heads) * self.clusterings)
         if not c.bn_track:
@@ -120,8 +134,8 @@ class IIC(LowestLossHeadSelection, ClusteringMethod):
         """"A" or "B": the head trained in `epoch` (0-based)."""
         return self.schedule[epoch % len(self.schedule)]
 
-    def on_epoch_start(self, epoch: int, trainer) -> None:
-        self.active_head = self.head_for_epoch(epoch)
+    def on_epoch_start(self, ctx) -> None:
+        self.active_head = self.head_for_epoch(ctx.epoch)
         if self.active_head == "B":
             self.start_head_loss_pass()
 

@@ -1,4 +1,4 @@
-"""KCL: KL-divergence contrastive loss (Hsu & Kira, ICLR-W 2016; L2C, ICLR 2018), spec shared/specs/l2c.md.
+"""KCL: KL-divergence contrastive loss (Hsu & Kira, ICLR-W 2016; L2C, ICLR 2018). Documentation: docs/methods/l2c.md.
 
 A clustering network trained from pairwise targets only: from labels (`l2c.targets labels`, pairwise-supervised,
 reads labels) or from a frozen similarity network trained on other classes (`l2c.targets spn`, L2C transfer).

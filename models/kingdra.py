@@ -1,9 +1,9 @@
-"""Kingdra: ensemble pseudo-labels + Ladder-IM networks (Gupta et al., ICLR 2020). Spec: shared/specs/kingdra.md.
+"""Kingdra: ensemble pseudo-labels + Ladder-IM networks (Gupta et al., ICLR 2020). Docs: docs/methods/kingdra.md.
 
-M fully connected ladder networks (Ladder-IM, spec §2) are trained WITHOUT labels by the information-maximisation
-loss, the ladder denoising cost and KL(clean || corrupted); their predictions build a similarity graph whose dense,
-mutually distant groups become high-precision pseudo-labels (spec §5); every member then also trains on a
-class-balanced set of those labels; repeat (spec §6).
+M fully connected ladder networks (Ladder-IM) are trained WITHOUT labels by the information-maximisation loss, the
+ladder denoising cost and KL(clean || corrupted); their predictions build a similarity graph whose dense,
+mutually distant groups become high-precision pseudo-labels; every member then also trains on a class-balanced
+set of those labels; repeat.
 
 How it fits the common trainer:
 * The members are ONE module with stacked parameters (member axis first): every layer is one batched matmul and
@@ -15,7 +15,7 @@ How it fits the common trainer:
 * Outer-iteration counter, pseudo-labels (current and best saved), the balanced supervised sets, the loss weights
   and the full-data normalisation statistics are buffers, so checkpoints hold them and a resume continues exactly.
 * Prediction uses the normalisation statistics of the WHOLE dataset, as the official full-batch
-  `predict_on_batch(X)` (spec §9.6): they are recomputed, layer by layer in chunks, after every epoch.
+  `predict_on_batch(X)`: they are recomputed, layer by layer in chunks, after every epoch.
 * Evaluation heads: head 0 = the mean of the members' softmax (the official answer with common mapping), heads
   1..M = the members. `select_head()` picks the official answer (head 0, or member 0 = head 1 when
   `common_mapping` is false, CIFAR-10 config) without labels. k-means runs on the concatenated member softmaxes.
@@ -26,7 +26,8 @@ Differences from the official code (noted, not hidden):
   partial batch dropped. The supervised pairing is the official one: each member has its own shuffled balanced
   set, and unlabelled row i is paired with its row i, so each epoch's permutation moves the pairs jointly;
 * torch Adam's eps is 1e-8 (Keras 1e-7, inside the same sqrt(v) + eps form);
-* members are seeded from the run's seed (TF was unseeded in the official code).
+* members are seeded from the run's seed (TF was unseeded in the official code); the shuffles of the balanced sets
+  from derive_seed(seed, "kingdra_sets", outer iteration).
 """
 from __future__ import annotations
 
@@ -39,10 +40,43 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 
+from datasets import DataRequest
+from datasets.registry import DatasetNotFoundError
+from engine.config import ConfigError, Key, Section, at_least, each, in_range, non_negative, probability
 from losses.kingdra import (BN_EPS, align_pseudo_labels, balanced_pseudo_label_set, denoising_cost, im_loss,
                             kingdra_pseudo_labels, ladder_batchnorm, ladder_combinator, noise_kl, sup_ce_loss)
 
 from .base import ClusteringMethod, DataInfo
+
+SECTION = Section("kingdra", "Kingdra (ensemble pseudo-labels + Ladder-IM networks, Gupta et al. ICLR 2020)", {
+    "ensemble_size": Key(10, "M, Ladder-IM networks trained together (stacked parameters, one batched pass)",
+                         at_least(1, integer=True), shape=True),
+    "hidden_sizes": Key([1200, 1200], "hidden widths of each ladder network (the output layer has num_clusters "
+                                      "units)", each(at_least(1, integer=True), min_length=1), shape=True),
+    "epochs_per_iter0": Key(5, "epochs of an outer iteration while no pseudo-labels exist (iteration 1, or none "
+                               "found yet)", at_least(1, integer=True)),
+    "epochs_per_iter": Key(5, "epochs of an outer iteration that trains on pseudo-labels", at_least(1, integer=True)),
+    "t_low": Key(1, "not-negative link: more than t_low members put both points in one cluster",
+                 at_least(0, integer=True)),
+    "t_high": Key(9, "positive link: more than t_high members put both points in one cluster",
+                  at_least(0, integer=True)),
+    "thresh": Key(0.9, "a seed needs every member's top probability > thresh (0: no condition)", probability),
+    "noise_std": Key(0.3, "sigma of the Gaussian noise on every layer of the corrupted encoder pass", non_negative),
+    "im_weight": Key(0.1, "w_mi, weight of the information-maximisation loss (clean + corrupted logits)",
+                     non_negative),
+    "im_weight_after_first": Key(-1.0, "w_mi from the second outer iteration on (negative: keep im_weight)",
+                                 in_range()),
+    "im_mu": Key(4.0, "mu, weight of the marginal entropy inside the IM loss", non_negative),
+    "ladder_weight": Key(1.0, "w_lad, weight of the ladder denoising cost", non_negative),
+    "noise_kl_weight": Key(1.0, "w_nkl, weight of KL(clean || corrupted)", non_negative),
+    "denoising_cost": Key([1000.0, 10.0, 0.1, 0.1], "lambda_l of the ladder cost per layer, input first (length: "
+                                                    "hidden layers + 2)", each(non_negative, min_length=1)),
+    "last_layer_bn": Key(False, "batch-normalise the logits layer too", shape=True),
+    "common_mapping": Key(True, "align pseudo-labels to the last member for all (true) or to each member (false: "
+                                "the answer is member 0)"),
+    "features": Key(None, ".npz of pre-extracted features (scripts/extract_features.py) for --dataset npz; sets "
+                          "dataset_options.path"),
+}, owners=("kingdra",))
 
 PREDICT_CHUNK = 4096          # rows per chunk of the full-data statistics / predictions
 
@@ -149,15 +183,29 @@ class LadderEnsemble(nn.Module):
 
 
 class Kingdra(ClusteringMethod):
+    config_sections = (SECTION,)
     has_cluster_heads = False        # its heads are the ensemble's members; DivClust does not apply
     num_views = 1
+    backbone_names = ()              # no backbone: bf16 (amp on CUDA) covers the whole step
 
     @classmethod
-    def views_for(cls, cfg) -> int:
-        """Also the hook that runs before the data are read: `--kingdra.features PATH` becomes the npz reader's
-        `dataset_options.path`, and a missing features file fails with how to make one."""
-        _route_features(cfg)
-        return cls.num_views
+    def check_config(cls, cfg) -> None:
+        kc = cfg.kingdra
+        widths = len(kc.hidden_sizes) + 2
+        if len(kc.denoising_cost) != widths:
+            raise ConfigError(f"kingdra.denoising_cost needs one weight per layer (input, {len(kc.hidden_sizes)} "
+                              f"hidden, output): {widths} values, got {len(kc.denoising_cost)}.")
+        if kc.features and cfg.dataset != "npz":
+            raise ConfigError(f"--kingdra.features reads an .npz of features: use --dataset npz (not "
+                              f"{cfg.dataset!r}).")
+
+    @classmethod
+    def data_request(cls, cfg) -> DataRequest:
+        """One view; `--kingdra.features PATH` becomes the npz reader's `path` option, and a missing features file
+        fails with how to make one."""
+        options = {"path": str(cfg.kingdra.features)} if cfg.kingdra.features else {}
+        _check_features_file(cfg, options)
+        return DataRequest(views=1, options=options)
 
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
@@ -165,7 +213,6 @@ class Kingdra(ClusteringMethod):
         self.kc = kc
         self.input_dim = info.input_dim if info.kind == "vector" else info.channels * info.image_size ** 2
         widths = [self.input_dim] + [int(w) for w in kc.hidden_sizes] + [info.num_clusters]
-        _check_settings(kc, widths)
         self.members, self.num_clusters, self.num_samples = int(kc.ensemble_size), info.num_clusters, info.num_samples
         self.ladder = LadderEnsemble(self.members, widths, last_layer_bn=bool(kc.last_layer_bn))
         m, n = self.members, info.num_samples
@@ -192,22 +239,10 @@ class Kingdra(ClusteringMethod):
         return x.reshape(x.shape[0], -1).float()
 
     @torch.no_grad()
-    def _load_data(self, trainer) -> Tensor:
+    def _load_data(self, ctx) -> Tensor:
         """Every training sample as the training step sees it (the deterministic view), flattened, in index
         order: the supervised stream and the full-data predictions read rows of it."""
-        from torch.utils.data import DataLoader
-
-        # a private generator: iterating a DataLoader draws a seed, which must not move the global random stream
-        # (a resumed run calls this once more than the uninterrupted run)
-        loader = DataLoader(trainer.data.eval, batch_size=PREDICT_CHUNK, shuffle=False, num_workers=0,
-                            generator=torch.Generator())
-        rows, order = [], []
-        for batch in loader:
-            rows.append(self._flat(trainer.data.eval_view(batch, trainer.device)))
-            order.append(batch["index"])
-        data = torch.cat(rows)
-        if not torch.equal(torch.cat(order), torch.arange(len(data))):
-            raise RuntimeError("kingdra: the evaluation set is not in index order")
+        data = ctx.embed(ctx.data.eval, self._flat, batch_size=PREDICT_CHUNK, ranks="none")
         if data.shape != (self.num_samples, self.input_dim):
             raise RuntimeError(f"kingdra: the data are {tuple(data.shape)}, the model was built for "
                                f"({self.num_samples}, {self.input_dim})")
@@ -254,7 +289,7 @@ class Kingdra(ClusteringMethod):
         out = {"ladder_loss": ladder.mean().detach(), "im_loss": im.mean().detach(), "noise_kl": nkl.mean().detach()}
         if self._supervised:
             if self._data is None:
-                raise RuntimeError("kingdra: supervised steps need on_train_start(trainer) to load the data")
+                raise RuntimeError("kingdra: supervised steps need on_train_start(ctx) to load the data")
             index = batch["index"].to(self.sup_index.device)
             rows = self.sup_index[:, index]                               # (M, B) this member's paired rows
             sup_logits, _ = self.ladder.encode(self._data[rows], noise_std=float(kc.noise_std))
@@ -270,26 +305,26 @@ class Kingdra(ClusteringMethod):
         no_labels = int(self.min_labels) == 0
         return int(self.kc.epochs_per_iter0 if no_labels else self.kc.epochs_per_iter)
 
-    def on_train_start(self, trainer) -> None:
-        self._data = self._load_data(trainer)
+    def on_train_start(self, ctx) -> None:
+        self._data = self._load_data(ctx)
         self._supervised = bool(self.sup_weight > 0)
         kc = self.kc
-        trainer.log.info(
+        ctx.info(
             f"kingdra: {self.members} Ladder-IM networks {self.ladder.widths} trained as one batched ensemble; "
             f"outer iterations of {kc.epochs_per_iter0} epochs without pseudo-labels, {kc.epochs_per_iter} with "
-            f"them ({trainer.cfg.epochs} epochs in all); now at iteration {int(self.outer_iteration) + 1}, "
+            f"them ({ctx.epochs} epochs in all); now at iteration {int(self.outer_iteration) + 1}, "
             f"epoch {int(self.epoch_in_iteration)} of it")
 
-    def on_epoch_end(self, epoch: int, trainer) -> None:
+    def on_epoch_end(self, ctx) -> None:
         if self._data is None:
-            self._data = self._load_data(trainer)
+            self._data = self._load_data(ctx)
         self.epoch_in_iteration += 1
         self._refresh_stats()
         if int(self.epoch_in_iteration) >= self._iteration_length():
-            self._end_outer_iteration(trainer)
+            self._end_outer_iteration(ctx)
 
     @torch.no_grad()
-    def _end_outer_iteration(self, trainer) -> None:
+    def _end_outer_iteration(self, ctx) -> None:
         """Spec §6 steps 1 (predict) to 4: pseudo-labels, min_labels bookkeeping, alignment, balanced sets,
         loss weights."""
         kc, k, m, n = self.kc, self.num_clusters, self.members, self.num_samples
@@ -308,7 +343,7 @@ class Kingdra(ClusteringMethod):
         self.pseudo_labels.copy_(labels)
         self.min_labels.fill_(min_labels)
         if min_labels > 0:
-            generator = torch.Generator().manual_seed(int(trainer.cfg.seed) * 1_000_003 + int(self.outer_iteration))
+            generator = torch.Generator().manual_seed(ctx.seed_for("kingdra_sets", int(self.outer_iteration)))
             common = bool(kc.common_mapping)
             shared = balanced_pseudo_label_set(align_pseudo_labels(labels, preds[m - 1])) if common else None
             for member in range(m):
@@ -326,16 +361,15 @@ class Kingdra(ClusteringMethod):
         self.epoch_in_iteration.zero_()
         reuse_note = (f"; fewer than {k} groups, so the saved set ({int(self.best_min_labels)} per smallest group) "
                       f"is used" if reused else "")
-        trainer.log.info(
+        ctx.info(
             f"kingdra outer iteration {iteration}: {found} pseudo-labelled points in {groups} group(s) "
             f"(smallest {int(counts.min()) if groups == k else 0}){reuse_note}; ensemble agreement "
             f"(mean pairwise NMI of the {m} members) {agreement:.4f}; supervised loss "
             f"{'on' if self._supervised else 'off'}; next iteration: {self._iteration_length()} epochs")
-        trainer.log.log_metrics({"kingdra/outer_iteration": iteration, "kingdra/pseudo_labelled": found,
-                                 "kingdra/groups": groups, "kingdra/min_labels": min_labels,
-                                 "kingdra/agreement": agreement, "kingdra/im_weight": float(self.im_weight),
-                                 "kingdra/sup_weight": float(self.sup_weight)},
-                                step=trainer.step, epoch=epoch_count(trainer))
+        ctx.log_metrics({"kingdra/outer_iteration": iteration, "kingdra/pseudo_labelled": found,
+                         "kingdra/groups": groups, "kingdra/min_labels": min_labels,
+                         "kingdra/agreement": agreement, "kingdra/im_weight": float(self.im_weight),
+                         "kingdra/sup_weight": float(self.sup_weight)}, epoch=ctx.epoch + 1)
 
     # ----- evaluation --------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -343,18 +377,13 @@ class Kingdra(ClusteringMethod):
         probs = self.member_probs(x)                                      # (M, B, K)
         return torch.cat([probs.mean(dim=0, keepdim=True), probs])       # (1 + M, B, K)
 
-    def select_head(self) -> int:
+    def select_head(self, ctx=None) -> int:
         return 0 if bool(self.kc.common_mapping) else 1
 
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
         probs = self.member_probs(x)
         return probs.permute(1, 0, 2).reshape(probs.shape[1], -1)        # (B, M*K)
-
-
-def epoch_count(trainer) -> int:
-    """The number of the epoch that just ended (on_epoch_end runs before the trainer counts it)."""
-    return int(trainer.epoch) + 1
 
 
 def ensemble_agreement(preds: Tensor) -> float:
@@ -369,35 +398,15 @@ def ensemble_agreement(preds: Tensor) -> float:
     return float(matrix[off].mean())
 
 
-def _check_settings(kc, widths: list[int]) -> None:
-    if int(kc.ensemble_size) < 1:
-        raise ValueError(f"kingdra.ensemble_size must be >= 1, got {kc.ensemble_size}")
-    if len(kc.denoising_cost) != len(widths):
-        raise ValueError(f"kingdra.denoising_cost needs one weight per layer of {widths} (input first): "
-                         f"{len(widths)} values, got {len(kc.denoising_cost)}")
-    if int(kc.epochs_per_iter0) < 1 or int(kc.epochs_per_iter) < 1:
-        raise ValueError("kingdra.epochs_per_iter0 and kingdra.epochs_per_iter must be >= 1")
-    if any(int(w) < 1 for w in widths):
-        raise ValueError(f"kingdra: layer widths must be positive, got {widths}")
-
-
-def _route_features(cfg) -> None:
-    """`--kingdra.features PATH` -> dataset_options.path of the npz reader; a missing features file (the CIFAR-10
-    and STL-10 presets) fails before anything is built, naming scripts/extract_features.py."""
+def _check_features_file(cfg, options: dict) -> None:
+    """A missing features file (the CIFAR-10 and STL-10 presets) fails before anything is built, naming
+    scripts/extract_features.py."""
     from datasets.lookup import expand_root
-    from datasets.registry import DatasetNotFoundError
-    from engine.config import ConfigError
 
-    features = cfg.kingdra.features
-    if features:
-        if cfg.dataset != "npz":
-            raise ConfigError(f"--kingdra.features reads an .npz of features: use --dataset npz (not "
-                              f"{cfg.dataset!r}).")
-        cfg.dataset_options = {**dict(cfg.dataset_options or {}), "path": str(features)}
     if cfg.dataset != "npz":
         return
     root = expand_root(cfg.data_root)
-    path = (cfg.dataset_options or {}).get("path")
+    path = options.get("path", (cfg.dataset_options or {}).get("path"))
     if path is not None:
         path = os.path.expanduser(str(path))
         if not os.path.isabs(path) and root is not None:

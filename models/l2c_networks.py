@@ -1,4 +1,4 @@
-"""L2C networks (spec l2c.md §2): the official LeNet / VGG-S trunks and the similarity prediction network.
+"""L2C networks: the official LeNet / VGG-S trunks and the similarity prediction network (docs/methods/l2c.md).
 
 Trunks return (N, d) features, i.e. everything the official model computes before its replaceable `last` module:
 - `lenet` (the MNIST demo's `LeNet.features`): conv5x5(C->20, pad 2) -> BN -> ReLU -> maxpool 2 -> conv5x5(20->50,
@@ -16,23 +16,24 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
+from datasets import DataInfo
+from engine.config import ConfigError
 from losses.l2c import pair_enum, pairwise_targets
 
 from .backbones import build_backbone
-from .base import DataInfo
 
 LOCAL_TRUNKS = ("lenet", "vgg_s")
 
 
 def _check_image(name: str, info: DataInfo, divisor: int) -> None:
     if info.kind != "image":
-        raise ValueError(f"backbone {name} needs images; use backbone mlp for vector data")
+        raise ConfigError(f"backbone {name} needs images; use backbone mlp for vector data")
     if info.image_size < divisor:
-        raise ValueError(f"backbone {name} needs image_size >= {divisor}, got {info.image_size}")
+        raise ConfigError(f"backbone {name} needs image_size >= {divisor}, got {info.image_size}")
     if info.norm != "batch":
-        raise ValueError(f"backbone {name} uses BatchNorm as the official model; backbone_norm {info.norm!r} is not "
+        raise ConfigError(f"backbone {name} uses BatchNorm as the official model; backbone_norm {info.norm!r} is not "
                          f"available for it")
 
 
@@ -109,7 +110,12 @@ def build_similarity_network(backbone: str, info: DataInfo, hidden: int = 0) -> 
 # ----- scoring a similarity network against the ground truth (evaluation / analysis only) ----------------------
 def pair_confusion(logits: Tensor, labels: Tensor) -> Tensor:
     """Counts [tp, fp, fn, tn] (float64) of the "similar" class over all N^2 ordered pairs of a batch."""
-    pred = logits.argmax(dim=1) == 1
+    return similar_confusion((logits.argmax(dim=1) == 1).view(labels.numel(), -1), labels)
+
+
+def similar_confusion(similar: Tensor, labels: Tensor) -> Tensor:
+    """Counts [tp, fp, fn, tn] (float64) of predicted "similar" pairs (N, N) bool against the labels' classes."""
+    pred = similar.reshape(-1)
     truth = pairwise_targets(labels, mode="cls").reshape(-1).to(pred.device) == 1
     return torch.stack([(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum(),
                         (~pred & ~truth).sum()]).double()
@@ -131,28 +137,29 @@ def pair_f1_scores(counts: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def score_similarity_network(net: SimilarityNetwork, dataset: Dataset, view, *, batch_size: int, seed: int,
-                             device: torch.device, autocast, labels: Tensor | None = None, classes_per_batch: int = 0,
-                             train_mode: bool = False) -> dict[str, float]:
-    """Pair scores of `net` on `dataset` in batches of `batch_size` (a fixed shuffled order, or class-balanced
-    batches as the official evaluation loader when classes_per_batch > 0). `view(item, device)` prepares the inputs.
-    The network's mode is restored afterwards (train_mode=True scores it with batch statistics, as L2C uses it)."""
+def score_similarity_network(net: SimilarityNetwork, ctx, dataset: Dataset, labels: Tensor, *, batch_size: int,
+                             classes_per_batch: int = 0, train_mode: bool = False) -> dict[str, float]:
+    """Pair scores of `net` on `dataset` (labels: its ground truth) in full batches of `batch_size`: a fixed
+    shuffled order, or class-balanced batches as the official evaluation loader when classes_per_batch > 0; the
+    order is seeded with ctx.seed_for("pair_scoring"). One pass through ctx.embed (every DDP rank scores every
+    batch); train_mode=True scores with batch statistics, as L2C uses its frozen network."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    seed = ctx.seed_for("pair_scoring")
     if classes_per_batch:
-        from .l2c_data import ClassBalancedBatchSampler
+        from datasets.samplers import ClassBalancedBatchSampler
 
         sampler = ClassBalancedBatchSampler(labels, classes_per_batch=classes_per_batch, batch_size=batch_size,
                                             seed=seed)
-        loader = DataLoader(dataset, batch_sampler=sampler)
+        order = [i for batch in sampler.global_batches() for i in batch]
     else:
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
-        loader = DataLoader(Subset(dataset, order.tolist()), batch_size=batch_size,
-                            drop_last=len(dataset) >= batch_size)
-    was_training = net.training
-    net.train(train_mode)
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+        if len(order) >= batch_size:
+            order = order[: len(order) // batch_size * batch_size]
+    size = min(batch_size, len(order))
+    similar = ctx.embed(Subset(dataset, order), lambda x: (net(x).float().argmax(dim=1) == 1).view(len(x), -1),
+                        batch_size=size, ranks="none", mode="train" if train_mode else "eval")   # (n, size)
+    ordered = labels[torch.as_tensor(order)]
     counts = torch.zeros(4, dtype=torch.float64)
-    for item in loader:
-        with autocast():
-            logits = net(view(item, device)).float()
-        counts += pair_confusion(logits, item["label"].to(device)).cpu()
-    net.train(was_training)
+    for start in range(0, len(order), size):
+        counts += similar_confusion(similar[start:start + size], ordered[start:start + size]).cpu()
     return pair_f1_scores(counts)

@@ -1,4 +1,4 @@
-"""The clustering network of MCL / KCL, trained from pairwise targets (spec l2c.md §2.1, §4, §5, §6).
+"""The clustering network of MCL / KCL, trained from pairwise targets (docs/methods/l2c.md).
 
 A backbone (`lenet`, `vgg_s` or any framework backbone), an optional Linear-BN-ReLU layer (`l2c.head_hidden`; the
 official VGG-S has 512) and C linear cluster layers with a softmax (C > 1 composes with DivClust). The loss is the
@@ -17,8 +17,8 @@ With K larger than the number of classes the loss leaves surplus clusters empty;
 set actually uses is logged at every evaluation (`l2c/clusters_used`, also `cluster_sizes` in results.json). In
 transfer mode the evaluation also scores the frozen network's pair predictions on the target set against the ground
 truth (`l2c/spn_similar_f1`, ...): an analysis of what bounds the clustering, like the metrics it reads the labels.
-Evaluation differs from the official script in one point (spec §9.8): the framework re-fits the cluster->class map
-on the evaluation pass instead of re-using the map of the last training epoch (equal or higher ACC).
+Evaluation differs from the official script in one point: the framework re-fits the cluster->class map on the
+evaluation pass instead of re-using the map of the last training epoch (equal or higher ACC).
 """
 from __future__ import annotations
 
@@ -28,19 +28,16 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
+from datasets import DataRequest
 from engine import checkpoint as ckpt
-from engine import distributed as dist_utils
 from engine.distributed import gather, gather_with_grad
 from losses.l2c import kcl_loss, mcl_loss, pairwise_targets, spn_logits_to_simi
 
 from .base import ClusteringMethod, DataInfo
 from .heads import ClusterHeads
-from .l2c_data import check_prepared, prepare_data
+from .l2c_family import SECTION, check_l2c_config, class_balanced_batches, l2c_data_request
 from .l2c_networks import SimilarityNetwork, build_similarity_network, build_trunk, score_similarity_network
-
-TARGETS = ("labels", "spn")
 
 
 def _file_digest(path: Path) -> str:
@@ -86,15 +83,22 @@ def load_similarity_network(path: str | None, cfg, info: DataInfo) -> tuple[Simi
 class PairwiseClustering(ClusteringMethod):
     """Base of MCL and KCL; a subclass sets `criterion_name` and implements `criterion`."""
 
+    config_sections = (SECTION,)
     has_cluster_heads = True
     num_views = 1
     criterion_name = "pairwise"
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        check_l2c_config(cfg, supervised=cfg.l2c.targets == "labels")
+
+    @classmethod
+    def data_request(cls, cfg) -> DataRequest:
+        return l2c_data_request(cfg)
+
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
         opts = cfg.l2c
-        if opts.targets not in TARGETS:
-            raise ValueError(f"l2c.targets must be one of {', '.join(TARGETS)}, not {opts.targets!r}")
         # The flag that makes the supervised mode visible: the trainer passes labels only when this is True.
         self.reads_labels = opts.targets == "labels"
         self.trunk, dim = build_trunk(cfg.backbone, info)
@@ -106,8 +110,11 @@ class PairwiseClustering(ClusteringMethod):
         self.spn_description = ""
         if opts.targets == "spn":
             self.spn, self.spn_description = load_similarity_network(opts.spn_checkpoint, cfg, info)
-        self.data_prepared = False
         self.clusters_used: list[int] | None = None
+
+    @property
+    def backbone_names(self) -> tuple[str, ...]:
+        return ("trunk", "spn.trunk") if self.spn is not None else ("trunk",)
 
     def criterion(self, prob: Tensor, simi: Tensor, mask: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -116,56 +123,48 @@ class PairwiseClustering(ClusteringMethod):
     def param_groups(self) -> list[dict]:
         return [{"params": [p for name, p in self.named_parameters() if not name.startswith("spn.")]}]
 
-    def on_train_start(self, trainer) -> None:
-        prepare_data(trainer, self.cfg.l2c, supervised=self.reads_labels)
+    def batch_sampler(self, ctx):
+        return class_balanced_batches(self, ctx)
+
+    def on_train_start(self, ctx) -> None:
         if self.reads_labels:
-            trainer.log.info(f"l2c: {self.criterion_name} with pairwise targets from the ground-truth LABELS of "
-                             f"{self.cfg.dataset} (pairwise-supervised mode, l2c.targets labels)")
+            ctx.info(f"l2c: {self.criterion_name} with pairwise targets from the ground-truth LABELS of "
+                     f"{self.cfg.dataset} (pairwise-supervised mode, l2c.targets labels)")
         else:
-            trainer.log.info(f"l2c: {self.criterion_name} with pairwise targets from the frozen similarity network "
-                             f"{self.spn_description}; the labels of {self.cfg.dataset} are not read in training")
-        self.data_prepared = True
+            ctx.info(f"l2c: {self.criterion_name} with pairwise targets from the frozen similarity network "
+                     f"{self.spn_description}; the labels of {self.cfg.dataset} are not read in training")
 
-    def on_epoch_end(self, epoch: int, trainer) -> None:
-        done = epoch + 1
-        if (done == self.cfg.epochs or done % self.cfg.eval_every == 0) and dist_utils.is_main_process():
-            self.count_clusters(trainer, epoch=done)
+    def on_epoch_end(self, ctx) -> None:
+        done = ctx.epoch + 1
+        if done == self.cfg.epochs or done % self.cfg.eval_every == 0:
+            self.count_clusters(ctx, epoch=done)
             if self.spn is not None:
-                self.score_targets(trainer, epoch=done)
+                self.score_targets(ctx, epoch=done)
 
-    def score_targets(self, trainer, *, epoch: int) -> dict[str, float]:
+    def score_targets(self, ctx, *, epoch: int) -> dict[str, float]:
         """Evaluation-time analysis (reads the evaluation labels, as the metrics do): how well the frozen network's
         pair predictions match the target classes, on un-augmented batches of batch_size, network in train mode as in
         training. This bounds what the clustering can reach. Logged as l2c/spn_*."""
-        scores = score_similarity_network(self.spn, trainer.data.eval, trainer.data.eval_view,
-                                          batch_size=int(self.cfg.batch_size), seed=int(self.cfg.seed) + 1,
-                                          device=trainer.device, autocast=trainer.autocast, train_mode=True)
-        trainer.log.info("l2c: similarity network on the target pairs (evaluation, scored with the labels): " +
-                         ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        trainer.log.log_metrics({f"l2c/spn_{k}": v for k, v in scores.items()}, step=trainer.step, epoch=epoch)
+        scores = score_similarity_network(self.spn, ctx, ctx.data.eval, ctx.data.labels,
+                                          batch_size=int(self.cfg.batch_size), train_mode=True)
+        ctx.info("l2c: similarity network on the target pairs (evaluation, scored with the labels): " +
+                 ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        ctx.log_metrics({f"l2c/spn_{k}": v for k, v in scores.items()}, epoch=epoch)
         return scores
 
     @torch.no_grad()
-    def count_clusters(self, trainer, *, epoch: int) -> list[int]:
+    def count_clusters(self, ctx, *, epoch: int) -> list[int]:
         """Non-empty clusters of each head over the evaluation set (argmax, eval mode), logged."""
-        data, k = trainer.data, self.info.num_clusters
-        loader = DataLoader(data.eval, batch_size=int(self.cfg.eval_batch_size), shuffle=False)
-        was_training = self.training
-        self.eval()
-        sizes = torch.zeros(self.clusterings, k, dtype=torch.long)
-        for item in loader:
-            with trainer.autocast():
-                probs = self.cluster_probs(data.eval_view(item, trainer.device))
-            for h in range(self.clusterings):
-                sizes[h] += torch.bincount(probs[h].argmax(dim=1).cpu(), minlength=k)
-        self.train(was_training)
+        k = self.info.num_clusters
+        heads = ctx.embed(ctx.data.eval, lambda x: self.cluster_probs(x).argmax(dim=-1).t())   # (N, C)
+        sizes = [torch.bincount(heads[:, h].cpu(), minlength=k) for h in range(self.clusterings)]
         self.clusters_used = [int((s > 0).sum()) for s in sizes]
         used = self.clusters_used[0] if self.clusterings == 1 else self.clusters_used
-        trainer.log.info(f"l2c: clusters used on the evaluation set: {used} of K = {k} ({data.num_classes} classes)")
+        ctx.info(f"l2c: clusters used on the evaluation set: {used} of K = {k} ({ctx.data.num_classes} classes)")
         metrics = {"l2c/clusters_used": self.clusters_used[0]}
         if self.clusterings > 1:
             metrics.update({f"l2c/clusters_used/{h}": n for h, n in enumerate(self.clusters_used)})
-        trainer.log.log_metrics(metrics, step=trainer.step, epoch=epoch)
+        ctx.log_metrics(metrics, epoch=epoch)
         return self.clusters_used
 
     # ----- training ---------------------------------------------------------------------------------------------
@@ -197,12 +196,10 @@ class PairwiseClustering(ClusteringMethod):
 
     @torch.no_grad()
     def cluster_probs(self, x: Tensor) -> Tensor:
-        check_prepared(self)
         return self.cluster_heads(self.hidden(self.trunk(x)))
 
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
-        check_prepared(self)
         return self.hidden(self.trunk(x))
 
 

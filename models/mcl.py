@@ -1,4 +1,4 @@
-"""MCL: meta classification likelihood (Hsu, Lv, Schlosser, Odom & Kira, ICLR 2019), spec shared/specs/l2c.md.
+"""MCL: meta classification likelihood (Hsu, Lv, Schlosser, Odom & Kira, ICLR 2019). Documentation: docs/methods/l2c.md.
 
 A clustering network trained from pairwise targets only: from labels (`l2c.targets labels`, pairwise-supervised,
 reads labels) or from a frozen similarity network trained on other classes (`l2c.targets spn`, L2C transfer).

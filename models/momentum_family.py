@@ -1,7 +1,7 @@
 """The structure ProPos, HaDis and DigPro share: BYOL with an EMA target and k-means pseudo-labels (EM loop).
 
-Specs: shared/specs/propos.md §2-§7 (the structure), hadis.md and digpro.md (the differences); the subclasses in
-models/propos.py, models/hadis.py and models/digpro.py add their loss terms and state through the hooks below.
+Documentation: docs/methods/propos.md (the structure), hadis.md and digpro.md (the differences); the subclasses
+in models/propos.py, models/hadis.py and models/digpro.py add their loss terms and state through the hooks below.
 
 * online network = backbone -> projector (Linear(d, h) -> BN -> ReLU -> Linear(h, D)); predictor on top (same
   shape, Linear weights N(0, 0.01^2), biases 0); target network = a copy of backbone + projector that never gets
@@ -15,13 +15,13 @@ models/propos.py, models/hadis.py and models/digpro.py add their loss terms and 
   evaluation view) of the whole training set are clustered by cosine k-means (`torch_clustering.KMeans`,
   k-means++, seeded); under DDP every rank embeds its own contiguous slice and the k-means runs sharded, so
   every rank ends with the same labels. The labels are a buffer (checkpointed, so a resume needs no re-run).
-* randomness: the Gaussian noise of positive sampling is drawn per step from a generator re-seeded from
-  (seed, step), for the global batch (each rank takes its rows, as the batched augmentations do), so resume and
-  DDP reproduce one-process runs. The losses are the pure functions of losses/propos.py (+ hadis/digpro).
+* randomness: the Gaussian noise of positive sampling is drawn per step from a generator seeded with
+  `derive_seed(seed, "noise_view_<v>", step)`, for the global batch (each rank takes its rows, as the batched
+  augmentations do), so resume and DDP reproduce one-process runs. The losses are the pure functions of losses/propos.py (+ hadis/digpro).
 * lr: `scale_lr` multiplies every group's lr by global batch / 256, the predictor group by `predictor_lr_mult`
-  more (param_groups `lr_mult`). With `official_schedule` the method sets the lrs before every step to the
-  official curve: linear warm-up lr * e / warmup with e = (step + 1) / steps_per_epoch, then
-  0.5 * (1 + cos(pi * (e - warmup) / epochs)) (denominator `epochs`, not epochs - warmup: it never reaches 0).
+  more (param_groups `lr_mult`). With `official_schedule` the method declares the official curve as its
+  `lr_factor`, which the trainer's one scheduler applies to every group: linear warm-up lr * e / warmup with
+  e = (step + 1) / steps_per_epoch, then 0.5 * (1 + cos(pi * (e - warmup) / epochs)) (denominator `epochs`, not epochs - warmup: it never reaches 0).
   The trainer's cosine (lr_schedule: cosine) has the same warm-up but decays to 0 over epochs - warmup.
 * warm-up (`warmup_epochs`, the same key as the lr warm-up, as in the official code): during epochs
   1..warmup_epochs the PSL weight and sigma are 0 (plain BYOL); HaDis's HSD and DigPro's grouping stay on.
@@ -33,6 +33,7 @@ framework's evaluation runs its own cosine k-means on the same features (seed `s
 Differences from the official code: DDP presence mask and gathers follow the official single-direction losses
 (q gathered with gradient, this rank's labels decide which clusters are present); the "shuffling BN" trick of
 the target forward is not implemented (a no-op on one GPU); the k-means is torch_clustering's (see its docs).
+`data_resample` declares the pseudo-label-balanced batch sampler (datasets/samplers.py).
 """
 from __future__ import annotations
 
@@ -43,11 +44,13 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
 
+from datasets.samplers import PseudoLabelBalancedSampler
 from engine import distributed as dist_utils
+from engine.config import ConfigError, Key, Section, at_least, in_range, non_negative, positive
 from engine.distributed import gather, gather_with_grad
-from losses.propos import alignment_loss, gaussian_positive_sampling, prototype_scattering_loss
+from engine.seeding import derive_seed
+from losses.propos import gaussian_positive_sampling, propos_objective
 
 from .backbones import build_backbone
 from .base import ClusteringMethod, DataInfo
@@ -59,20 +62,41 @@ def mlp_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
                          nn.Linear(hidden, out_dim))
 
 
-def derived_seed(seed: int, step: int, stream: int) -> int:
-    """A seed for random stream `stream` at global step `step`, so any step's draws can be re-made on resume."""
-    return (int(seed) * 1_000_003 + int(step) * 7_919 + int(stream) * 104_729 + 13) % (2 ** 63)
+# The keys ProPos, HaDis and DigPro share (each method's section holds them, plus its own).
+FAMILY_KEYS = {
+    "hidden_dim": Key(4096, "hidden width of the projector and the predictor", at_least(1, integer=True), shape=True),
+    "feature_dim": Key(256, "projector/predictor output: the k-means pseudo-label and evaluation features",
+                       at_least(1, integer=True), shape=True),
+    "temperature": Key(0.5, "tau of the prototype scattering loss (PSL)", positive),
+    "psl_weight": Key(0.1, "lambda_psl (official cluster_loss_weight), applied after warmup_epochs", non_negative),
+    "latent_std": Key(0.001, "sigma of Gaussian positive sampling, applied after warmup_epochs", non_negative),
+    "momentum_base": Key(0.996, "EMA momentum of the target network", in_range(0, 1)),
+    "momentum_increase": Key(False, "cosine increase of the EMA momentum from momentum_base to 1 over training"),
+    "predictor_lr_mult": Key(10.0, "predictor learning rate = this x the scheduled learning rate", positive),
+    "scale_lr": Key(True, "multiply lr by batch_size / 256 (global batch), as the official code"),
+    "official_schedule": Key(True, "lr per step as the official code (warm-up, then cosine over `epochs`, never 0); "
+                                   "false: the trainer's lr_schedule"),
+    "reassign": Key(1, "refresh the k-means pseudo-labels every N epochs (and before epoch 1)",
+                    at_least(1, integer=True)),
+    "kmeans_n_init": Key(10, "k-means++ restarts of each pseudo-label refresh", at_least(1, integer=True)),
+    "kmeans_max_iter": Key(300, "Lloyd iterations per restart of each pseudo-label refresh",
+                           at_least(1, integer=True)),
+    "v2": Key(False, "official v2 path: EMA before the losses, both views in one batch, alignment 2 - 2 cos"),
+    "data_resample": Key(False, "each epoch draws images with replacement, weighted by 1 / pseudo-cluster size"),
+}
 
 
-# Random streams drawn by the family (each re-seeded per step).
-NOISE_VIEW_1, NOISE_VIEW_2 = 1, 2
+def family_section(name: str, title: str, own_keys: dict[str, Key] | None = None) -> Section:
+    """The config section of a member of the family: the shared keys, then the member's own."""
+    return Section(name, title, {**FAMILY_KEYS, **(own_keys or {})}, owners=(name,))
 
 
 class MomentumFamily(ClusteringMethod):
     """Online encoder + predictor, EMA target, k-means pseudo-labels; ProPos's alignment + PSL.
 
-    Subclasses set `section` (their config section) and extend the hooks `_before_losses` (before any forward of
-    the step), `_extra_losses` (terms added to the loss) and `_after_losses` (state updates after the losses).
+    Subclasses set `section` (the name of their config section, `config_sections` its declaration) and extend
+    the hooks `_before_losses` (before any forward of the step), `_objective` (their loss: propos_objective here,
+    hadis_objective, digpro_objective) and `_after_losses` (state updates after the losses).
     """
 
     has_cluster_heads = False
@@ -82,10 +106,13 @@ class MomentumFamily(ClusteringMethod):
     #: DigPro needs predictor(q) without noise as well.
     needs_clean_predictions = False
 
+    backbone_names = ("online_backbone", "target_backbone")
+
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
         if info.kind != "image":
-            raise ValueError(f"method {cfg.method} needs images (two augmented views per sample)")
+            raise ConfigError(f"method {cfg.method} needs images (two augmented views per sample), and the data are "
+                              f"vectors; methods for vectors: kingdra, or cc / pica / iic with --backbone mlp.")
         self.opts = cfg[self.section]
         opts = self.opts
         backbone, dim = build_backbone(cfg.backbone, info)
@@ -108,7 +135,6 @@ class MomentumFamily(ClusteringMethod):
         self._ddp_params_and_buffers_to_ignore = ["pseudo_labels", "pseudo_label_epoch"]
         self.current_epoch = 0
         self.last_refresh_seconds = 0.0
-        self._optimizer = None
         self._steps_per_epoch = 0
 
     # ----- networks ------------------------------------------------------------------------------------------
@@ -156,9 +182,9 @@ class MomentumFamily(ClusteringMethod):
             {"params": list(self.predictor.parameters()), "lr_mult": scale * float(self.opts.predictor_lr_mult)},
         ]
 
-    def official_lr_factor(self, step: int) -> float:
+    def official_lr_factor(self, step: int, steps_per_epoch: int) -> float:
         """Factor of the peak lr for global step `step` (0-based) as the official cosine_annealing_LR computes it."""
-        epoch = (step + 1) / self._steps_per_epoch
+        epoch = (step + 1) / steps_per_epoch
         warmup = int(self.cfg.warmup_epochs)
         if epoch < warmup:
             return epoch / warmup
@@ -166,65 +192,49 @@ class MomentumFamily(ClusteringMethod):
             return 1.0
         return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / int(self.cfg.epochs)))
 
-    def _set_lr(self, step: int) -> None:
-        if self._optimizer is None or not self.opts.official_schedule:
-            return
-        factor = self.official_lr_factor(step)
-        for group in self._optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+    def lr_factor(self, step: int, ctx) -> float | None:
+        if not self.opts.official_schedule:
+            return None
+        return self.official_lr_factor(step, ctx.steps_per_epoch)
+
+    def batch_sampler(self, ctx):
+        if not self.opts.data_resample:
+            return None
+        ctx.info("data_resample: each epoch draws images with replacement, weighted by 1 / pseudo-cluster size")
+        return PseudoLabelBalancedSampler(lambda: self.pseudo_labels, num_samples=len(ctx.data.train),
+                                          batch_size=int(self.cfg.batch_size), rank=ctx.rank,
+                                          world_size=ctx.world_size, seed=ctx.seed)
 
     def in_warmup(self) -> bool:
         """Official `is_warmup = not epoch > warmup_epochs` with 1-based epochs."""
         return self.current_epoch + 1 <= int(self.cfg.warmup_epochs)
 
     # ----- hooks -----------------------------------------------------------------------------------------------
-    def on_train_start(self, trainer) -> None:
-        if self.opts.data_resample:
-            from .pseudo_label_sampler import install_balanced_sampler
-
-            install_balanced_sampler(trainer, lambda: self.pseudo_labels)
-        self._optimizer = trainer.optimizer
-        self._steps_per_epoch = int(trainer.steps_per_epoch)
-        self.current_epoch = int(trainer.epoch)
-        self._set_lr(int(trainer.step))
+    def on_train_start(self, ctx) -> None:
+        self._steps_per_epoch = int(ctx.steps_per_epoch)
+        self.current_epoch = int(ctx.epoch)
         if int(self.pseudo_label_epoch) < 0:
-            self.refresh_pseudo_labels(trainer, epochs_trained=0)
+            self.refresh_pseudo_labels(ctx, epochs_trained=0)
 
-    def on_epoch_start(self, epoch: int, trainer) -> None:
-        self.current_epoch = int(epoch)
+    def on_epoch_start(self, ctx) -> None:
+        self.current_epoch = int(ctx.epoch)
 
-    def on_epoch_end(self, epoch: int, trainer) -> None:
-        if (epoch + 1) % int(self.opts.reassign) == 0:
-            self.refresh_pseudo_labels(trainer, epochs_trained=epoch + 1)
-
-    def after_optimizer_step(self, step: int) -> None:
-        self._set_lr(step + 1)
+    def on_epoch_end(self, ctx) -> None:
+        if (ctx.epoch + 1) % int(self.opts.reassign) == 0:
+            self.refresh_pseudo_labels(ctx, epochs_trained=ctx.epoch + 1)
 
     # ----- E-step ----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def refresh_pseudo_labels(self, trainer, *, epochs_trained: int) -> None:
+    def refresh_pseudo_labels(self, ctx, *, epochs_trained: int) -> None:
         """Cosine k-means of the target features of the whole training set (evaluation view, eval mode); the
         time it takes goes to the console and to metrics.jsonl (`train/kmeans_refresh_seconds`)."""
         from torch_clustering import KMeans
 
         start = time.perf_counter()
-        data = trainer.data
-        n = len(data.eval)
-        rank, world = dist_utils.rank(), dist_utils.world_size()
-        shard = Subset(data.eval, range(n * rank // world, n * (rank + 1) // world))
-        loader = DataLoader(shard, batch_size=int(self.cfg.eval_batch_size), shuffle=False, num_workers=0)
-        self._share_target_statistics()
-        was_training = self.training
-        self.eval()
-        indices, feats = [], []
-        for batch in loader:
-            x = data.eval_view(batch, trainer.device)
-            with trainer.autocast():
-                feats.append(self.features(x).float())
-            indices.append(batch["index"].to(trainer.device))
-        self.train(was_training)
-        feats = torch.cat(feats) if feats else torch.zeros((0, int(self.opts.feature_dim)), device=trainer.device)
-        local_index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=trainer.device)
+        n = len(ctx.data.eval)
+        feats = ctx.embed(ctx.data.eval, lambda x: self.features(x).float(), ranks="shard")  # this rank's rows
+        first, last = ctx.shard_range(n)
+        local_index = torch.arange(first, last, device=ctx.device)
         extracted = time.perf_counter()
         kmeans = KMeans(n_clusters=self.num_clusters, metric="cosine", init="k-means++",
                         n_init=int(self.opts.kmeans_n_init), max_iter=int(self.opts.kmeans_max_iter), tol=1e-4,
@@ -239,35 +249,22 @@ class MomentumFamily(ClusteringMethod):
         total = done - start
         self.last_refresh_seconds = total
         when = f"after epoch {epochs_trained}" if epochs_trained else "before epoch 1"
-        trainer.log.info(f"k-means refresh {when}: {total:.2f}s (target features {extracted - start:.2f}s, "
-                         f"k-means {done - extracted:.2f}s, {kmeans.n_iter_} iterations); cluster sizes "
-                         f"{int(sizes.min())}-{int(sizes.max())}")
-        trainer.log.log_metrics({"train/kmeans_refresh_seconds": total,
-                                 "train/kmeans_inertia": float(kmeans.inertia_)}, step=int(trainer.step),
-                                epoch=int(trainer.epoch))
-
-    @torch.no_grad()
-    def _share_target_statistics(self) -> None:
-        """Under DDP each rank's last forward updated its own BatchNorm statistics (DDP re-broadcasts them only at
-        the next forward); give every rank rank 0's target statistics so that all shards are embedded alike."""
-        if not dist_utils.is_distributed():
-            return
-        import torch.distributed as dist
-
-        for buffer in list(self.target_backbone.buffers()) + list(self.target_projector.buffers()):
-            dist.broadcast(buffer, src=0)
+        ctx.info(f"k-means refresh {when}: {total:.2f}s (target features {extracted - start:.2f}s, "
+                 f"k-means {done - extracted:.2f}s, {kmeans.n_iter_} iterations); cluster sizes "
+                 f"{int(sizes.min())}-{int(sizes.max())}")
+        ctx.log_metrics({"train/kmeans_refresh_seconds": total, "train/kmeans_inertia": float(kmeans.inertia_)})
 
     # ----- M-step ----------------------------------------------------------------------------------------------
-    def _noise(self, step: int, stream: int, like: Tensor) -> Tensor:
+    def _noise(self, step: int, stream: str, like: Tensor) -> Tensor:
         """Standard-normal draws for this rank's rows of the global batch, re-made identically on resume."""
         world, rank = dist_utils.world_size(), dist_utils.rank()
         generator = torch.Generator(device=like.device)
-        generator.manual_seed(derived_seed(int(self.cfg.seed), step, stream))
+        generator.manual_seed(derive_seed(int(self.cfg.seed), stream, step))
         rows, dim = like.shape
         full = torch.randn((rows * world, dim), generator=generator, device=like.device, dtype=torch.float32)
         return full[rank::world]
 
-    def _sample(self, q: Tensor, step: int, stream: int, sigma: float) -> Tensor:
+    def _sample(self, q: Tensor, step: int, stream: str, sigma: float) -> Tensor:
         """Gaussian positive sampling of the raw projection q (fp32); sigma 0 (warm-up) returns q."""
         if sigma == 0.0:
             return q
@@ -289,13 +286,13 @@ class MomentumFamily(ClusteringMethod):
             k = self.target(torch.cat([x2, x1]))
             ctx["q1"], ctx["q2"] = q.chunk(2)
             ctx["k2"], ctx["k1"] = k.chunk(2)
-            noisy = torch.cat([self._sample(ctx["q1"], step, NOISE_VIEW_1, sigma),
-                               self._sample(ctx["q2"], step, NOISE_VIEW_2, sigma)])
+            noisy = torch.cat([self._sample(ctx["q1"], step, "noise_view_1", sigma),
+                               self._sample(ctx["q2"], step, "noise_view_2", sigma)])
             if self.needs_clean_predictions:
                 ctx["p1_clean"], ctx["p2_clean"] = self.predictor(q).float().chunk(2)
             ctx["p1"], ctx["p2"] = self.predictor(noisy).float().chunk(2)
             return ctx
-        for v, w, x_v, x_w, stream in ((1, 2, x1, x2, NOISE_VIEW_1), (2, 1, x2, x1, NOISE_VIEW_2)):
+        for v, w, x_v, x_w, stream in ((1, 2, x1, x2, "noise_view_1"), (2, 1, x2, x1, "noise_view_2")):
             q = self.online(x_v).float()
             ctx[f"k{w}"] = self.target(x_w)
             ctx[f"q{v}"] = q
@@ -304,12 +301,15 @@ class MomentumFamily(ClusteringMethod):
             ctx[f"p{v}"] = self.predictor(self._sample(q, step, stream, sigma)).float()
         return ctx
 
-    def _extra_losses(self, ctx: dict, step: int) -> dict[str, tuple[Tensor, Tensor]]:
-        """Additional loss terms of a subclass: {name: (weighted term added to the loss, unweighted value logged)}.
-        `ctx` holds q1, q2 (raw online, fp32), k1, k2 (normalised target), p1, p2 (predictor on the noisy q),
-        p1_clean/p2_clean (when `needs_clean_predictions`), labels, and the gathered all_q1, all_q2 (with
-        gradient), all_k1, all_k2, all_labels."""
-        return {}
+    def _objective(self, ctx: dict, *, psl_weight: float, offset: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """The method's loss of the step and its logged terms. `ctx` holds q1, q2 (raw online, fp32), k1, k2
+        (normalised target), p1, p2 (predictor on the noisy q), p1_clean/p2_clean (when `needs_clean_predictions`),
+        labels, and `gathered`: q1, q2 (with gradient), k1, k2, labels of the global batch."""
+        total, alignment, psl = propos_objective(
+            ctx["p1"], ctx["p2"], ctx["q1"], ctx["q2"], ctx["k1"], ctx["k2"], ctx["labels"],
+            num_clusters=self.num_clusters, temperature=float(self.opts.temperature), psl_weight=psl_weight,
+            offset=offset, gathered=ctx["gathered"])
+        return total, {"alignment": alignment, "psl": psl}
 
     def training_step(self, batch: dict, step: int) -> dict:
         x1, x2 = batch["views"][:2]
@@ -321,26 +321,15 @@ class MomentumFamily(ClusteringMethod):
         ctx = self._forward_views(x1, x2, step, sigma)
         ctx["labels"] = labels
         offset = 2.0 if self.opts.v2 else 0.0
-        # PSA / DSA on this rank's batch; PSL on the batch gathered over ranks (q with gradient), the presence
-        # of a cluster decided by this rank's labels (official multi-GPU behaviour; identical in one process).
-        alignment = 0.5 * (alignment_loss(ctx["p1"], ctx["k2"], offset=offset)
-                           + alignment_loss(ctx["p2"], ctx["k1"], offset=offset))
-        all_labels = gather(labels)
-        ctx["all_q1"], ctx["all_q2"] = gather_with_grad(ctx["q1"]), gather_with_grad(ctx["q2"])
-        ctx["all_k1"], ctx["all_k2"] = gather(ctx["k1"]), gather(ctx["k2"])
-        ctx["all_labels"] = all_labels
-        temperature = float(self.opts.temperature)
-        psl = 0.5 * (prototype_scattering_loss(ctx["all_q1"], ctx["all_k2"], all_labels, labels,
-                                               num_clusters=self.num_clusters, temperature=temperature)
-                     + prototype_scattering_loss(ctx["all_q2"], ctx["all_k1"], all_labels, labels,
-                                                 num_clusters=self.num_clusters, temperature=temperature))
-        loss = alignment + psl_weight * psl
-        logs = {"alignment": alignment.detach(), "psl": psl.detach()}
-        for name, (weighted, value) in self._extra_losses(ctx, step).items():
-            loss = loss + weighted
-            logs[name] = value.detach()
+        # The alignment runs on this rank's batch; the PSL (and DigPro's grouping) on the batch gathered over
+        # ranks (q with gradient), the presence of a cluster decided by this rank's labels (the official
+        # multi-GPU behaviour; identical in one process).
+        ctx["gathered"] = {"q1": gather_with_grad(ctx["q1"]), "q2": gather_with_grad(ctx["q2"]),
+                           "k1": gather(ctx["k1"]), "k2": gather(ctx["k2"]), "labels": gather(labels)}
+        loss, terms = self._objective(ctx, psl_weight=psl_weight, offset=offset)
+        logs = {name: value.detach() for name, value in terms.items()}
         self._after_losses(ctx, step)
         with torch.no_grad():
-            both = torch.cat([ctx["all_q1"], ctx["all_q2"]])
+            both = torch.cat([ctx["gathered"]["q1"], ctx["gathered"]["q2"]])
             logs["q_std"] = F.normalize(both, dim=1).std(dim=0).mean()
         return {"loss": loss, **logs}

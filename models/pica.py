@@ -1,35 +1,35 @@
 """PICA: deep semantic clustering by Partition Confidence Maximisation (Huang, Gong, Zhu, CVPR 2020).
-Spec: shared/specs/pica.md; DivClust composition: shared/specs/divclust.md §2-§3.
+Documentation: docs/methods/pica.md (DivClust composition: docs/methods/divclust.md).
 
 Network: fixed Sobel front end on the channel mean of the normalised image (`pica.sobel`) -> trunk (`backbone`,
 officially `resnet34_5g`) -> heads `Linear(d, k) -> softmax`: the over-clustering heads `pica.overcluster_heads`
 (official [70]) and the main head of `num_clusters` clusters, last.
 
-Schedule (pica.md §5): the heads are trained in alternation, one head per epoch of the trainer, in the order
+Schedule: the heads are trained in alternation, one head per epoch of the trainer, in the order
 over-clustering heads then main head. An epoch is one full pass over the training set that optimises only that
 head's loss (the trunk is trained in every pass), so the official "200 epochs" of a two-head model are 400 epochs
 here. Each pass draws a fresh permutation (the trainer's sampler).
 
-Step (pica.md §3-§4): view 0 is the clean view, views 1..R the perturbed views (R = `pica.repeats`, official 3);
+Step: view 0 is the clean view, views 1..R the perturbed views (R = `pica.repeats`, official 3);
 the clean batch and the perturbed batch (block layout [x_1..x_B] x R) go through the network in two separate calls
-(separate BatchNorm statistics, pitfall 6); loss = `pica_loss(p_clean, p_perturbed, lamda, eps)` on the batch
+(separate BatchNorm statistics); loss = `pica_loss(p_clean, p_perturbed, lamda, eps)` on the batch
 gathered from every DDP rank.
 
 DivClust (`--clusterings C`): only the main head is replicated C times (one Linear per clustering, `nn.Linear`'s
 init, like DivClust's MultiheadLinear); its loss is the mean over the C clusterings; the over-clustering heads stay
-single. `assignments` are the main heads' clean-view probabilities (divclust.md §3: PICA uses the clean view only).
+single. `assignments` are the main heads' clean-view probabilities (PICA uses the clean view only).
 During an over-clustering pass they are returned detached: that pass optimises only its own head, the label bank
 and threshold still follow the main heads. The official DivClust code adds the diversity term twice (effective
-weight 2/C, divclust.md §3.5); the trainer adds it once (`divclust.weight` 1.0 -> 1/C). DivClust's own PICA
+weight 2/C); the trainer adds it once (`divclust.weight` 1.0 -> 1/C). DivClust's own PICA
 (single K-way head, no alternation, eps 1e-6, Kaiming-init trunk) is `--preset pica_cifar10 --pica.overcluster_heads []
 --pica.eps 1e-6 --pica.default_init false --clusterings C --NMI_target T` (its evaluation view is Resize(32) without
-the crop: add `--pica.resize 32` to match it, which also drops the clean view's crop).
+the crop: add `--pica_augmentation.resize 32` to match it, which also drops the clean view's crop).
 
 Differences from the official code, on purpose or forced:
-- `drop_last=True` (the trainer's loader) instead of a smaller last batch (pitfall 10);
+- `drop_last=True` (the trainer's loader) instead of a smaller last batch;
 - the clean-view crop and the evaluation centre crop are taken from the stored image resized by a bilinear
   `grid_sample` / antialiased interpolation (datasets/batch_augment.py), not PIL;
-- evaluation reports the final epoch (no best-ACC checkpoint, pitfall 7);
+- evaluation reports the final epoch (no best-ACC checkpoint);
 - heads that are not trained in a pass get zero gradients (not None), as the official code's `zero_grad()` of
   PyTorch 1.0 left them, so Adam keeps moving them by their decaying momentum exactly as there; this also keeps
   every parameter in the graph, which DistributedDataParallel requires.
@@ -41,42 +41,43 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
+from datasets import DataRequest
+from engine.config import ConfigError, Key, Section, at_least, each, non_negative
 from engine.distributed import gather_with_grad
 from losses.pica import pica_loss
 
 from .backbones import SobelFilter, build_backbone
 from .base import ClusteringMethod, DataInfo
-from .heads import ClusterHeads, LowestLossHeadSelection
+from .heads import ClusterHeads, LowestLossHeadSelection, gather_blocks, zero_touch
 
-
-def gather_blocks(p: Tensor, blocks: int) -> Tensor:
-    """(C, R*b, K) local probabilities in block layout -> (C, R*B, K) for the global batch, still in block layout
-    (each of the R blocks is gathered across DDP ranks separately). Identity in one process."""
-    return torch.cat([gather_with_grad(chunk, dim=1) for chunk in p.chunk(blocks, dim=1)], dim=1)
-
-
-def zero_touch(modules: list[nn.Module]) -> Tensor:
-    """0 * (sum of the parameters of `modules`): adds nothing to the loss but gives those parameters zero gradients."""
-    params = [p for m in modules for p in m.parameters()]
-    if not params:
-        return torch.zeros(())
-    return 0.0 * torch.stack([p.sum() for p in params]).sum()
+SECTION = Section("pica", "PICA (Partition Confidence Maximisation, Huang et al. CVPR 2020)", {
+    "overcluster_heads": Key([70], "sizes of the over-clustering heads, trained one epoch each before the main head "
+                                   "(num_clusters) in every cycle; [] = main head only",
+                             each(at_least(2, integer=True)), shape=True),
+    "lamda": Key(2.0, "weight of the KL-to-uniform balance term of the PICA loss", non_negative),
+    "eps": Key(0.0, "epsilon inside the balance term's log (0.0 official PICA; 1e-6 DivClust's PICALoss)",
+               non_negative),
+    "repeats": Key(3, "perturbed views per image (official data_nrepeat 3)", at_least(1, integer=True)),
+    "sobel": Key(True, "fixed Sobel front end on the channel mean of the normalised image", shape=True),
+    "default_init": Key(True, "PyTorch default init of the trunk's convolutions (official PICA); false keeps the "
+                              "backbone's Kaiming init (DivClust's PICA_ResNet34)"),
+}, owners=("pica",))
 
 
 class PICA(LowestLossHeadSelection, ClusteringMethod):
+    config_sections = (SECTION,)
     has_cluster_heads = True
 
     @classmethod
-    def views_for(cls, cfg) -> int:
-        return 1 + int(cfg.pica.repeats)
+    def data_request(cls, cfg) -> DataRequest:
+        return DataRequest(views=1 + int(cfg.pica.repeats))
 
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
         p = cfg.pica
-        if int(p.repeats) < 1:
-            raise ValueError("pica.repeats must be >= 1")
         if info.kind != "image" and p.sobel:
-            raise ValueError("pica.sobel needs images; use --pica.sobel false for vector data")
+            raise ConfigError("pica.sobel needs images, and the data are vectors: use --pica.sobel false "
+                              "--backbone mlp for vector data.")
         self.sobel = SobelFilter("mean") if p.sobel else None
         trunk_info = dataclasses.replace(info, channels=2) if p.sobel else info
         self.backbone, dim = build_backbone(cfg.backbone, trunk_info)
@@ -85,8 +86,6 @@ class PICA(LowestLossHeadSelection, ClusteringMethod):
                 if isinstance(m, nn.Conv2d):
                     m.reset_parameters()
         sizes = [int(k) for k in p.overcluster_heads]
-        if any(k < 2 for k in sizes):
-            raise ValueError(f"pica.overcluster_heads must hold head sizes >= 2, got {sizes}")
         self.overcluster = nn.ModuleList([ClusterHeads(dim, k, 1) for k in sizes])
         self.main_head = ClusterHeads(dim, info.num_clusters, self.clusterings)
         self.num_heads = len(sizes) + 1
@@ -99,8 +98,8 @@ class PICA(LowestLossHeadSelection, ClusteringMethod):
         """Index of the head trained in `epoch` (0-based): over-clustering heads in order, then the main head."""
         return epoch % self.num_heads
 
-    def on_epoch_start(self, epoch: int, trainer) -> None:
-        self.active_head = self.head_for_epoch(epoch)
+    def on_epoch_start(self, ctx) -> None:
+        self.active_head = self.head_for_epoch(ctx.epoch)
         if self.active_head == self.num_heads - 1:
             self.start_head_loss_pass()
 

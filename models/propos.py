@@ -1,4 +1,4 @@
-"""ProPos: prototype scattering and positive sampling (Huang et al., TPAMI 2022). Spec: shared/specs/propos.md.
+"""ProPos: prototype scattering and positive sampling (Huang et al., TPAMI 2022). Documentation: docs/methods/propos.md.
 
 The whole method is the shared structure of models/momentum_family.py: BYOL with Gaussian positive sampling
 (PSA, sigma = latent_std after warm-up) + lambda_psl * prototype scattering loss on k-means pseudo-labels (after
@@ -12,10 +12,13 @@ pairs views and pseudo-labels of different ranks; here each view is gathered sep
 """
 from __future__ import annotations
 
-from .momentum_family import MomentumFamily
+from .momentum_family import MomentumFamily, family_section
+
+SECTION = family_section("propos", "ProPos (Huang et al. TPAMI 2022); warm-up of PSL and noise = warmup_epochs")
 
 
 class ProPos(MomentumFamily):
+    config_sections = (SECTION,)
     section = "propos"
 
 

@@ -1,6 +1,6 @@
 """SPN: the similarity prediction network of L2C (Hsu, Lv & Kira, ICLR 2018), trained on a LABELLED source set.
 
-Spec: shared/specs/l2c.md §2.2, §4.5, §6.2. This is an explicitly SUPERVISED stage (`reads_labels = True`: the
+Documentation: docs/methods/l2c.md. This is an explicitly SUPERVISED stage (`reads_labels = True`: the
 trainer passes the ground truth and says so in the log). It learns, for every ordered pair of a batch (self-pairs
 included), whether the two images show the same class: cross-entropy on the N^2 x 2 pair logits against the
 labels' pairwise targets ("DPS" in the official code). Its checkpoint (`runs/<preset>/<run>/checkpoints/last.pt`) is
@@ -16,32 +16,41 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from engine import distributed as dist_utils
+from datasets import DataRequest
+from engine.config import ConfigError
 from losses.l2c import spn_pair_loss
 
 from .base import ClusteringMethod, DataInfo
-from .l2c_data import check_prepared, dataset_labels, prepare_data
+from .l2c_family import SECTION, check_l2c_config, class_balanced_batches, l2c_data_request
 from .l2c_networks import build_similarity_network, pair_confusion, score_similarity_network
 
 
 class SPN(ClusteringMethod):
+    config_sections = (SECTION,)
     has_cluster_heads = False
     num_views = 1
     reads_labels = True
+    backbone_names = ("net.trunk",)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        check_l2c_config(cfg, supervised=True)
+
+    @classmethod
+    def data_request(cls, cfg) -> DataRequest:
+        return l2c_data_request(cfg)
 
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
         self.net = build_similarity_network(cfg.backbone, info, int(cfg.l2c.spn_hidden))
-        self.data_prepared = False
         self.last_scores: dict[str, float] | None = None
 
-    def on_train_start(self, trainer) -> None:
-        prepare_data(trainer, self.cfg.l2c, supervised=True)
-        labels = dataset_labels(trainer.data.train)
+    def batch_sampler(self, ctx):
+        labels = ctx.train_labels()
         if bool((labels < 0).any()):
-            raise ValueError(f"the similarity network learns from labelled pairs, but {int((labels < 0).sum())} "
-                             f"training samples of {self.cfg.dataset} have no label (-1).")
-        self.data_prepared = True
+            raise ConfigError(f"the similarity network learns from labelled pairs, but {int((labels < 0).sum())} "
+                              f"training samples of {self.cfg.dataset} have no label (-1).")
+        return class_balanced_batches(self, ctx)
 
     def training_step(self, batch: dict, step: int) -> dict:
         x, labels = batch["views"][0], batch["label"]
@@ -54,27 +63,23 @@ class SPN(ClusteringMethod):
         return {"loss": loss, "spn_loss": loss.detach(), "similar_f1": f1.float(),
                 "similar_fraction": ((tp + fn) / counts.sum()).float()}
 
-    def evaluate_pairs(self, trainer) -> dict[str, float]:
+    def evaluate_pairs(self, ctx) -> dict[str, float]:
         """F1 of the similar class on the evaluation set's pairs (the official SPN KPI), in eval mode."""
         cfg = self.cfg
-        return score_similarity_network(self.net, trainer.data.eval, trainer.data.eval_view,
-                                        batch_size=int(cfg.batch_size), seed=int(cfg.seed) + 1, device=trainer.device,
-                                        autocast=trainer.autocast, labels=dataset_labels(trainer.data.eval),
+        return score_similarity_network(self.net, ctx, ctx.data.eval, ctx.data.labels, batch_size=int(cfg.batch_size),
                                         classes_per_batch=int(cfg.l2c.classes_per_batch))
 
-    def on_epoch_end(self, epoch: int, trainer) -> None:
-        done = epoch + 1
-        if not (done == self.cfg.epochs or done % self.cfg.eval_every == 0) or not dist_utils.is_main_process():
+    def on_epoch_end(self, ctx) -> None:
+        done = ctx.epoch + 1
+        if not (done == self.cfg.epochs or done % self.cfg.eval_every == 0):
             return
-        scores = self.evaluate_pairs(trainer)
+        scores = self.evaluate_pairs(ctx)
         self.last_scores = scores
-        trainer.log.info("similarity network on the evaluation pairs: " +
-                         ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        trainer.log.log_metrics({f"spn/{k}": v for k, v in scores.items()}, step=trainer.step, epoch=done)
+        ctx.info("similarity network on the evaluation pairs: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        ctx.log_metrics({f"spn/{k}": v for k, v in scores.items()}, epoch=done)
 
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
-        check_prepared(self)
         return self.net.trunk(x)
 
 

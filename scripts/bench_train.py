@@ -37,12 +37,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.registry import READERS, RawData, register  # noqa: E402
-from engine.config import resolve  # noqa: E402
-from engine.trainer import Trainer, _epoch_seed  # noqa: E402
+from engine.run import build, load_config  # noqa: E402
+from engine.seeding import derive_seed  # noqa: E402
+from engine.trainer import Trainer  # noqa: E402
 from models.base import ClusteringMethod  # noqa: E402
 
 PRESETS = ["cc_cifar10", "divclust_cc_cifar10", "pica_cifar10", "iic_cifar10", "propos_cifar10", "hadis_cifar10",
@@ -109,15 +111,25 @@ def build_trainer(preset: str, args, device: torch.device, batch_size: int | Non
         argv += ["--augment_on", args.augment_on]
     if args.num_workers is not None:
         argv += ["--num_workers", str(args.num_workers)]
-    cfg = resolve(argv)
-    trainer = Trainer(cfg, None, QuietLog())
+    cfg = load_config(argv)
+    trainer, _ = build(cfg, QuietLog())
     method = trainer.method
     if hasattr(method, "pseudo_label_epoch"):      # the ProPos family: skip the refresh before epoch 1
         method.pseudo_labels.copy_(torch.randint(0, method.num_clusters, method.pseudo_labels.shape,
                                                  generator=torch.Generator().manual_seed(0)))
         method.pseudo_label_epoch.fill_(0)
-    method.on_train_start(trainer)
+    method.on_train_start(trainer.ctx)
     return trainer
+
+
+def start_epoch(trainer: Trainer) -> DataLoader:
+    """Epoch 0 set up as the trainer's train_epoch does it; returns the main stream's loader."""
+    loader = trainer.streams[-1][1]
+    loader.batch_sampler.set_epoch(0)
+    trainer.aug_generator.manual_seed(derive_seed(int(trainer.cfg.seed), "augment", 0))
+    trainer.method.train()
+    trainer.ctx.epoch = 0
+    return loader
 
 
 def does_epoch_work(method: ClusteringMethod) -> bool:
@@ -128,14 +140,12 @@ def bench_preset(preset: str, args, device: torch.device) -> dict:
     batch_size = args.batch_size or (16 if device.type == "cpu" else None)
     trainer = build_trainer(preset, args, device, batch_size)
     cfg, method = trainer.cfg, trainer.method
-    if len(trainer.loader) < args.warmup + args.steps:
-        raise SystemExit(f"{preset}: --num_images {args.num_images} gives {len(trainer.loader)} batches of "
+    loader = start_epoch(trainer)
+    if len(loader) < args.warmup + args.steps:
+        raise SystemExit(f"{preset}: --num_images {args.num_images} gives {len(loader)} batches of "
                          f"{cfg.batch_size}; need --warmup + --steps = {args.warmup + args.steps}")
-    trainer.sampler.set_epoch(0)
-    trainer.aug_generator.manual_seed(_epoch_seed(int(cfg.seed), 0))
-    method.train()
-    method.on_epoch_start(0, trainer)
-    batches = iter(trainer.loader)
+    method.on_epoch_start(trainer.ctx)
+    batches = iter(loader)
     data_s = step_s = 0.0
     terms = {}
     for i in range(args.warmup + args.steps):
@@ -155,7 +165,7 @@ def bench_preset(preset: str, args, device: torch.device) -> dict:
     if does_epoch_work(method):
         synchronize(device)
         start = time.perf_counter()
-        method.on_epoch_end(0, trainer)
+        method.on_epoch_end(trainer.ctx)
         synchronize(device)
         refresh_s = time.perf_counter() - start
     data_s, step_s = data_s / args.steps, step_s / args.steps
@@ -207,10 +217,7 @@ def official_cc(path: str, batch_size: int, device: torch.device):
 def bench_reference(path: str, args, device: torch.device) -> dict:
     batch_size = args.batch_size or 32
     trainer = build_trainer("cc_cifar10", args, device, batch_size)
-    trainer.sampler.set_epoch(0)
-    trainer.aug_generator.manual_seed(_epoch_seed(int(trainer.cfg.seed), 0))
-    trainer.method.train()
-    inputs = trainer._method_batch(next(iter(trainer.loader)))
+    inputs = trainer._method_batch(next(iter(start_epoch(trainer))))
     x_i, x_j = inputs["views"][:2]
     torch.manual_seed(0)
     model, official_step = official_cc(path, batch_size, device)

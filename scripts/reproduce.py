@@ -12,8 +12,8 @@ Each seed s runs as `main.py --preset P --seed s --run_name seed<s>` (`<tag>_see
 
 A sweep resumes where it stopped: a seed whose run directory holds results.json is skipped and its numbers reused;
 one with checkpoints/last.pt but no results.json is continued with `--resume`; a directory with neither (killed
-before its first checkpoint) is moved aside to `<name>.incomplete-<time>` and the seed starts again. A finished or
-resumed run whose config.yaml differs from what this sweep asks for stops the sweep (use another --tag).
+before its first checkpoint) starts again in place. A finished or resumed run whose config.yaml differs from what
+this sweep asks for stops the sweep (use another --tag).
 
 The report, rewritten after every seed, goes to <runs_root>/<preset>/reproduce.md and reproduce.csv (with --tag:
 reproduce_<tag>.md / .csv; --out PATH.md sets the markdown path, the CSV goes next to it). `--aggregate-only`
@@ -33,16 +33,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from datasets.registry import DatasetNotFoundError  # noqa: E402
+from datasets.registry import DatasetError, DatasetNotFoundError  # noqa: E402
 from engine import report  # noqa: E402
 from engine.checkpoint import CheckpointError  # noqa: E402
-from engine.config import ConfigError, load_yaml, resolve  # noqa: E402
+from engine.config import ConfigError, differences, load_yaml  # noqa: E402
+from engine.run import NEUTRAL_KEYS, load_config  # noqa: E402
 
 # main.py options this script sets itself: an extra argument naming one of them is refused.
 OWN_KEYS = {"preset", "seed", "run_name", "output_dir", "resume", "eval_only", "config"}
-# Keys that may differ between the sweep and an existing run without changing what the run computes.
-NEUTRAL_KEYS = {"run_name", "resume", "eval_only", "output_dir", "wandb", "wandb_project", "wandb_entity", "plots",
-                "plot_tsne", "plot_tsne_points", "num_workers", "log_every"}
 
 
 def say(message: str) -> None:
@@ -88,20 +86,11 @@ def main_argv(args: argparse.Namespace, extra: list[str], seed: int) -> list[str
             + ["--seed", str(seed), "--output_dir", str(args.runs_root), "--run_name", run_name(args.tag, seed)])
 
 
-def config_differences(saved_file: Path, wanted: dict) -> list[str]:
-    """Keys (flattened) whose value in a run's config.yaml differs from the sweep's resolved config."""
-    def flat(data: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in data.items():
-            if isinstance(v, dict) and k != "dataset_options":
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    saved, want = flat(load_yaml(saved_file)), flat(wanted)
-    return sorted(f"{k} (run: {saved.get(k)!r}, sweep: {want.get(k)!r})" for k in set(saved) | set(want)
-                  if k not in NEUTRAL_KEYS and saved.get(k) != want.get(k))
+def config_differences(saved_file: Path, wanted) -> list[str]:
+    """Keys whose value in a run's config.yaml (read as the framework reads it) differs from the sweep's config."""
+    saved = load_config(["--config", str(saved_file)])
+    return [f"{k} (run: {a!r}, sweep: {b!r})" for k, (a, b) in differences(saved, wanted).items()
+            if k not in NEUTRAL_KEYS]
 
 
 def _run_in_process(argv: list[str]) -> dict:
@@ -137,10 +126,7 @@ def report_paths(args: argparse.Namespace, preset_dir: Path) -> tuple[Path, Path
 def reproduce(argv: list[str]) -> int:
     args, extra = parse_args(argv)
     try:  # validates the preset and every extra argument before any work
-        configs = {s: resolve(main_argv(args, extra, s)) for s in args.seeds}
-        from engine.plots import check_plot_config
-
-        check_plot_config(configs[args.seeds[0]])
+        configs = {s: load_config(main_argv(args, extra, s)) for s in args.seeds}
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
@@ -165,7 +151,7 @@ def reproduce(argv: list[str]) -> int:
         if saved_cfg.is_file() and (results is not None or checkpoint.is_file()):
             run.resumed = bool(load_yaml(saved_cfg).get("resume"))
             if not args.aggregate_only:
-                diff = config_differences(saved_cfg, configs[run.seed].to_dict())
+                diff = config_differences(saved_cfg, configs[run.seed])
                 if diff:
                     print(f"configuration error: {run.run_dir} was made with another configuration than this sweep "
                           f"asks for: {'; '.join(diff[:8])}{' ...' if len(diff) > 8 else ''}. Use another --tag "
@@ -186,12 +172,12 @@ def reproduce(argv: list[str]) -> int:
             seed_argv += ["--resume", str(run.run_dir)]
             say(f"{head} resuming {run.run_dir} from checkpoints/last.pt")
         else:
-            if run.run_dir.exists() and any(run.run_dir.iterdir()):
-                aside = run.run_dir.with_name(f"{run.run_dir.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
-                run.run_dir.rename(aside)
-                say(f"{head} {run.run_dir} holds no checkpoint (killed before its first epoch end); moved to {aside}")
             run.status = "started"
-            say(f"{head} starting {run.run_dir}")
+            if run.run_dir.exists() and any(run.run_dir.iterdir()):
+                say(f"{head} {run.run_dir} holds no checkpoint (killed before its first epoch ended); starting it "
+                    f"again there")
+            else:
+                say(f"{head} starting {run.run_dir}")
         start = time.perf_counter()
         try:
             if args.torchrun:
@@ -212,12 +198,12 @@ def reproduce(argv: list[str]) -> int:
             failed += 1
             say(f"{head} failed ({err}); continuing with the next seed")
             continue
-        except (ConfigError, DatasetNotFoundError, CheckpointError) as err:
+        except (ConfigError, DatasetNotFoundError, DatasetError, CheckpointError) as err:
             # the same configuration, data or checkpoint problem would stop every seed
             write()
             print(f"{type(err).__name__}: {err}", file=sys.stderr)
             say(f"{head} failed; the sweep stops: fix the problem above and run it again")
-            return 2 if isinstance(err, ConfigError) else 3 if isinstance(err, DatasetNotFoundError) else 4
+            return 2 if isinstance(err, ConfigError) else 4 if isinstance(err, CheckpointError) else 3
         except Exception as err:  # e.g. TrainingDiverged: this seed failed, the others may not
             name = type(err).__name__
             run.status, run.note = "failed", f"{name}: {str(err)[:120]}"

@@ -60,6 +60,39 @@ def killed_after_epoch(epoch: int, error: type[BaseException] = KeyboardInterrup
         Trainer.save_checkpoint = original
 
 
+class RecordingLog:
+    """A stand-in run logger that keeps what a method's hooks report."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.metrics: list[dict] = []
+
+    def info(self, message: str, color=None) -> None:
+        self.lines.append(message)
+
+    def warning(self, message: str) -> None:
+        self.lines.append(f"WARNING: {message}")
+
+    def log_metrics(self, metrics: dict, *, step: int, epoch=None, jsonl: bool = True) -> None:
+        self.metrics.append(dict(metrics))
+
+
+def build_method(cfg, *, seed: int = 0):
+    """(method, data bundle, RunContext with a RecordingLog) of a resolved config, on the CPU, as the run builds
+    them (the method's data request, the model seeded with `seed`)."""
+    import datasets
+    import models
+    from models.context import RunContext
+
+    cls = models.method_class(cfg.method)
+    bundle = datasets.build(cfg, cls.data_request(cfg), device="cpu")
+    torch.manual_seed(seed)
+    method = cls(cfg, bundle.info)
+    ctx = RunContext(method, bundle, device="cpu", log=RecordingLog(), seed=int(cfg.seed), epochs=int(cfg.epochs),
+                     eval_batch_size=int(cfg.eval_batch_size))
+    return method, bundle, ctx
+
+
 def assert_same_checkpoints(path_a: Path, path_b: Path) -> dict:
     """The two checkpoints are at the same step with bit-equal model state; returns the first one."""
     a = torch.load(path_a, weights_only=True)

@@ -1,20 +1,16 @@
-"""Shared set-up of the ProPos / HaDis / DigPro model tests: tiny configs, a stand-in trainer, a random batch,
-the logged losses of a run, and an interrupted run for resume tests."""
+"""Shared set-up of the ProPos / HaDis / DigPro model tests: tiny configs, the method with its run context, a random
+batch, the logged losses of a run, and an interrupted run for resume tests."""
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-import datasets
 import main as entry
-import models
-from engine.config import resolve
-from tests.conftest import killed_after_epoch
+from engine.run import load_config as resolve
+from tests.conftest import build_method, killed_after_epoch
 
 
 def tiny_argv(method: str, extra: list[str] | None = None) -> list[str]:
@@ -28,27 +24,11 @@ def tiny_argv(method: str, extra: list[str] | None = None) -> list[str]:
     return ["--preset", f"{method}_digits"] + [item for pair in options.items() for item in pair]
 
 
-class RecordingLog:
-    def __init__(self):
-        self.lines: list[str] = []
-        self.metrics: list[dict] = []
-
-    def info(self, message: str, color=None) -> None:
-        self.lines.append(message)
-
-    def log_metrics(self, metrics: dict, *, step: int, epoch=None, jsonl: bool = True) -> None:
-        self.metrics.append(dict(metrics))
-
-
 def build(method: str, extra: list[str] | None = None, seed: int = 0):
-    """(method instance, config, data bundle, a stand-in trainer for the hooks)."""
+    """(method instance, config, data bundle, its RunContext for the hooks)."""
     cfg = resolve(tiny_argv(method, extra))
-    bundle = datasets.build(cfg, views=2)
-    torch.manual_seed(seed)
-    model = models.build(cfg, bundle.info)
-    trainer = SimpleNamespace(data=bundle, device=torch.device("cpu"), autocast=nullcontext, log=RecordingLog(),
-                              epoch=0, step=0, cfg=cfg)
-    return model, cfg, bundle, trainer
+    model, bundle, ctx = build_method(cfg, seed=seed)
+    return model, cfg, bundle, ctx
 
 
 def random_batch(bundle, batch: int = 16, seed: int = 1) -> dict:

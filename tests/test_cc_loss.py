@@ -55,6 +55,11 @@ def test_cluster_loss_cosine_of_columns_plus_entropy():
     assert cluster_contrastive_loss(c_i, c_j).item() == pytest.approx(ce + ent, rel=1e-12)
     total, inst, clu = cc_loss(c_i, c_j, c_i, c_j)
     assert clu.item() == pytest.approx(ce + ent) and total.item() == pytest.approx(inst.item() + ce + ent)
+    # C clusterings (DivClust's CC): the instance loss once, the cluster loss averaged over the clusterings
+    flipped = c_i.flip(1)
+    total_2, inst_2, clu_2 = cc_loss(c_i, c_j, torch.stack([c_i, flipped]), torch.stack([c_j, c_j.flip(1)]))
+    assert inst_2.item() == inst.item()
+    assert clu_2.item() == pytest.approx(0.5 * (clu.item() + cluster_contrastive_loss(flipped, c_j.flip(1)).item()))
 
 
 def test_entropy_is_zero_for_uniform_marginals_and_positive_otherwise():

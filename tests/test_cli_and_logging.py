@@ -35,9 +35,11 @@ def test_unknown_preset_lists_the_presets():
     assert proc.returncode == 2 and "cc_cifar10" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_divclust_without_clusterings_is_refused():
-    proc = run_cli("--NMI_target", "0.7")
-    assert proc.returncode == 2 and "clusterings 2 or more" in proc.stderr
+def test_divclust_target_with_one_clustering_warns_that_it_has_no_effect(tmp_path):
+    proc = run_cli("--NMI_target", "0.7", "--epochs", "1", "--steps_per_epoch", "1", "--backbone", "mlp",
+                   "--plots", "false", "--output_dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no effect with one clustering" in proc.stderr and "--clusterings 2 or more" in proc.stderr
 
 
 def test_wandb_failure_does_not_stop_the_run(tiny_args, tmp_path, monkeypatch, capsys):

@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 
-import losses.digpro as digpro_module
-import losses.propos as propos_module
-from losses.digpro import assign_groups, digpro_objective, dynamic_grouping_loss, momentum_group_update
+from losses.digpro import (assign_groups, digpro_objective, dynamic_grouping_loss, momentum_group_update,
+                           symmetric_grouping)
 from losses.propos import propos_objective
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -184,6 +183,16 @@ def _views(seed: int, n: int = 10, d: int = 6, k: int = 3):
     return tensors, labels, groups
 
 
+def test_symmetric_grouping_gradients():
+    tensors, _, groups = _views(8)
+    inputs = [t.clone().requires_grad_(True) for t in tensors[2:]]  # q1, q2, k1, k2, p1_clean, p2_clean
+    q1, q2, k1, k2, c1, c2 = inputs
+    grouping, _ = symmetric_grouping(q1, q2, k1, k2, c1, c2, groups)
+    grads = dict(zip("q1 q2 k1 k2 c1 c2".split(), torch.autograd.grad(grouping, inputs, allow_unused=True)))
+    assert grads["k1"] is None and grads["k2"] is None
+    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in ("q1", "q2", "c1", "c2"))
+
+
 def test_digpro_objective_is_sequential_and_weighted():
     (p1, p2, q1, q2, k1, k2, c1, c2), labels, groups = _views(7)
     loss_1, g1 = ref_grouping(_lists(q1), _lists(k2), _lists(c1), _lists(groups), 0.99, 0.1)
@@ -196,6 +205,7 @@ def test_digpro_objective_is_sequential_and_weighted():
     assert alignment.item() == align_ref.item() and psl.item() == psl_ref.item()
     assert grouping.item() == pytest.approx(0.5 * (loss_1 + loss_2), rel=1e-12, abs=1e-12)
     assert torch.allclose(new_groups, torch.tensor(g2, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+    assert symmetric_grouping(q1, q2, k1, k2, c1, c2, groups)[0].item() == grouping.item()
     assert total.item() == pytest.approx(alignment.item() + 0.1 * psl.item() + 0.3 * grouping.item(), rel=1e-12)
     # warm-up: PSL off, grouping stays on
     warm = digpro_objective(p1, p2, q1, q2, k1, k2, labels, groups, c1, c2, num_clusters=3, psl_weight=0.0)[0]
@@ -212,15 +222,16 @@ def test_digpro_objective_gradients():
     assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in ("p1", "p2", "q1", "q2", "c1", "c2"))
 
 
-def test_digpro_reuses_propos_and_keeps_official_defaults():
-    assert digpro_module.symmetric_alignment_and_psl is propos_module.symmetric_alignment_and_psl
-    assert inspect.signature(momentum_group_update).parameters["beta"].default == 0.99
-    dgl = inspect.signature(dynamic_grouping_loss).parameters
-    assert (dgl["beta"].default, dgl["temperature"].default) == (0.99, 0.1)
+def test_official_defaults():
     obj = inspect.signature(digpro_objective).parameters
     names = ("temperature", "psl_weight", "grouping_weight", "beta", "group_temperature", "offset")
     assert {n: obj[n].default for n in names} == {"temperature": 0.5, "psl_weight": 0.1, "grouping_weight": 0.3,
                                                   "beta": 0.99, "group_temperature": 0.1, "offset": 0.0}
+    assert inspect.signature(momentum_group_update).parameters["beta"].default == 0.99
+    dgl = inspect.signature(dynamic_grouping_loss).parameters
+    assert (dgl["beta"].default, dgl["temperature"].default) == (0.99, 0.1)
+    sym = inspect.signature(symmetric_grouping).parameters
+    assert (sym["beta"].default, sym["temperature"].default) == (0.99, 0.1)
 
 
 def test_bad_inputs_raise_value_error():
@@ -235,5 +246,7 @@ def test_bad_inputs_raise_value_error():
         dynamic_grouping_loss(q, k, p, groups, temperature=0.0)
     with pytest.raises(ValueError, match="shape"):
         dynamic_grouping_loss(q, k[:5], p, groups)
+    with pytest.raises(ValueError, match="shape"):
+        symmetric_grouping(q, q, k, k, p, p[:4], groups)
     with pytest.raises(ValueError, match="shape"):
         digpro_objective(q, q, q, q, k, k, torch.zeros(10, dtype=torch.long), groups, p, p[:4], num_clusters=3)

@@ -60,8 +60,8 @@ def test_bank_groups_and_reset():
     assert int(model.bank_pointer) == 0
     # reset: L2-normalised centres of a seeded k-means of the bank's vectors
     model.reset_groups(step=19)
-    from models.momentum_family import derived_seed
-    centres = KMeans(10, n_init=10, random_state=derived_seed(0, 19, 3) % (2 ** 31)).fit(
+    from engine.seeding import derive_seed
+    centres = KMeans(10, n_init=10, random_state=derive_seed(0, "group_reset", 19) % (2 ** 31)).fit(
         model.memory_bank.t()).cluster_centers_
     torch.testing.assert_close(model.group_features, F.normalize(centres, dim=1))
 
@@ -93,9 +93,9 @@ def _ddp_worker(rank: int, world: int, port: int, argv: list[str], out_dir: str)
     torch.set_num_threads(1)
     original = DigPro.on_epoch_end
 
-    def record(self, epoch, trainer):
-        original(self, epoch, trainer)
-        torch.save(self.state_dict(), os.path.join(out_dir, f"rank{rank}_epoch{epoch + 1}.pt"))
+    def record(self, ctx):
+        original(self, ctx)
+        torch.save(self.state_dict(), os.path.join(out_dir, f"rank{rank}_epoch{ctx.epoch + 1}.pt"))
 
     DigPro.on_epoch_end = record
     try:

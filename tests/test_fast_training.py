@@ -1,4 +1,4 @@
-"""Fast training (ISSUE 9): the two augmentation paths agree, precision/layout/compile leave the loss alone, and a
+"""Fast training: the two augmentation paths agree, precision/layout/compile leave the loss alone, and a
 training step reads nothing back to the host."""
 import copy
 import logging
@@ -16,9 +16,10 @@ from datasets import LoaderViewsDataset, resolve_augment_on
 from datasets.batch_augment import draw_params
 from datasets.registry import READERS, RawData, register
 from engine import trainer as trainer_module
-from engine.config import resolve
 from engine.logger import RunLogger
-from engine.trainer import CompileFailed, Trainer, autocast_backbones, backbone_modules
+from engine.run import build, load_config as resolve
+from engine.trainer import CompileFailed, Trainer, autocast_backbones
+from tests.conftest import build_method
 
 PROBE_SIDE = 32
 
@@ -43,7 +44,7 @@ if "fast_training_probe" not in READERS:
 def simclr_bundle(augment_on: str, copies: int = 16):
     cfg = resolve(["--preset", "cc_cifar10", "--dataset", "fast_training_probe", "--image_size", str(PROBE_SIDE),
                    "--augment_on", augment_on, "--device", "cpu", "--dataset_options", f"{{copies: {copies}}}"])
-    return datasets.build(cfg, views=2, device="cpu")
+    return datasets.build(cfg, datasets.DataRequest(views=2), device="cpu")
 
 
 # ----- augmentation: where it runs ------------------------------------------------------------------------------
@@ -66,7 +67,8 @@ def test_build_follows_augment_on_and_says_why_digits_stay_batched(caplog):
     device = simclr_bundle("device")
     assert device.augment_on == "device" and device.augmenter is not None
     caplog.set_level(logging.INFO, logger="datasets")
-    digits = datasets.build(resolve(["--preset", "cc_digits", "--device", "cpu"]), views=2, device="cpu")
+    digits = datasets.build(resolve(["--preset", "cc_digits", "--device", "cpu"]), datasets.DataRequest(views=2),
+                            device="cpu")
     assert digits.augment_on == "device" and digits.augmenter is not None
     assert any("'digits' has no per-image loader pipeline" in r.getMessage() for r in caplog.records)
 
@@ -158,28 +160,23 @@ def tiny_cc_argv(**overrides) -> list[str]:
     return [item for pair in options.items() for item in pair]
 
 
-def test_backbones_are_found_by_name():
-    import models
-
+def test_methods_declare_their_backbones():
     def names(method, extra=()):
         cfg = resolve(["--preset", f"{method}_digits", "--device", "cpu", *extra])
-        bundle = datasets.build(cfg, views=models.method_class(method).views_for(cfg), device="cpu")
-        return [name for name, _ in backbone_modules(models.build(cfg, bundle.info))]
+        return [name for name, _ in build_method(cfg)[0].backbone_modules()]
 
     assert names("cc") == ["backbone"] and names("iic") == ["backbone"]
     assert names("propos", ["--propos.kmeans_n_init", "1"]) == ["online_backbone", "target_backbone"]
+    assert names("spn") == ["net.trunk"] and names("mcl") == ["trunk"] and names("kingdra") == []
 
 
 def test_backbone_autocast_leaves_losses_in_fp32():
     """bf16 autocast on the backbone only: the loss equals the fp32 losses of the backbone's outputs; autocast
     around the whole step (the old trainer) runs the losses' matmuls in bf16 and misses that by > 1e-4."""
-    import models
     from losses.cc import cluster_contrastive_loss, instance_contrastive_loss
 
     cfg = resolve(tiny_cc_argv())
-    bundle = datasets.build(cfg, views=2, device="cpu")
-    torch.manual_seed(0)
-    model = models.build(cfg, bundle.info)
+    model = build_method(cfg)[0]
     g = torch.Generator().manual_seed(1)
     batch = {"views": [torch.rand(64, 1, 8, 8, generator=g) for _ in range(2)], "index": torch.arange(64)}
     features = []
@@ -200,7 +197,7 @@ def test_backbone_autocast_leaves_losses_in_fp32():
     plain = model.training_step(batch, 0)["loss"]
     fp32_features = [h.detach() for h in features[-2:]]
 
-    autocast_backbones(backbone_modules(model), "cpu")
+    autocast_backbones(model.backbone_modules(), "cpu")
     features.clear()
     out = model.training_step(batch, 0)
     assert all(h.dtype == torch.float32 for h in features)
@@ -215,7 +212,7 @@ def make_trainer(argv: list[str], **settings) -> tuple[Trainer, RunLogger]:
     for key, value in settings.items():      # keys whose CLI spelling the config types cannot express yet
         setattr(cfg, key, value)
     logger = RunLogger(None, cfg)
-    return Trainer(cfg, None, logger), logger
+    return build(cfg, logger)[0], logger
 
 
 def first_step_loss(argv: list[str], **settings) -> tuple[float, Trainer]:
@@ -233,7 +230,7 @@ def test_channels_last_and_amp_on_the_cpu_leave_the_first_step_loss_unchanged():
     last, trainer = first_step_loss(tiny_cc_argv(**rgb), channels_last=True)
     conv = trainer.method.backbone[0].weight
     assert trainer.channels_last and conv.is_contiguous(memory_format=torch.channels_last)
-    batch = next(iter(trainer.loader))
+    batch = next(iter(trainer.streams[-1][1]))
     views = trainer._method_batch(batch)["views"]
     assert all(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous() for v in views)
     no_amp, _ = first_step_loss(tiny_cc_argv(amp="false", **rgb))

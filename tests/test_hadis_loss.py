@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import losses.hadis as hadis_module
-import losses.propos as propos_module
-from losses.hadis import hadis_objective, hardness_aware_self_distillation_loss
+from losses.hadis import hadis_objective, hardness_aware_self_distillation_loss, symmetric_hsd
 from losses.propos import propos_objective
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,6 +176,20 @@ def _views(seed: int, n: int = 8, d: int = 6, k: int = 3):
     return tensors, torch.randint(0, k, (n,), generator=g)
 
 
+def test_symmetric_hsd_by_reference():
+    (p1, p2, _, _, k1, k2), _ = _views(8)
+    hsd = 0.5 * (ref_hsd(k2.numpy(), p1.numpy()) + ref_hsd(k1.numpy(), p2.numpy()))
+    assert symmetric_hsd(k1, k2, p1, p2).item() == pytest.approx(hsd, rel=1e-10, abs=1e-12)
+
+
+def test_symmetric_hsd_gradients_reach_students_only():
+    (p1, p2, _, _, k1, k2), _ = _views(9)
+    inputs = [t.clone().requires_grad_(True) for t in (k1, k2, p1, p2)]
+    grads = torch.autograd.grad(symmetric_hsd(*inputs), inputs, allow_unused=True)
+    assert grads[0] is None and grads[1] is None                     # teachers: no gradient
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[2:])
+
+
 def test_hadis_objective_composition_and_warmup():
     (p1, p2, q1, q2, k1, k2), labels = _views(8)
     hsd = 0.5 * (ref_hsd(k2.numpy(), p1.numpy()) + ref_hsd(k1.numpy(), p2.numpy()))
@@ -200,12 +212,12 @@ def test_hadis_objective_gradients_reach_online_only():
     assert grads[4] is None and grads[5] is None
 
 
-def test_hadis_reuses_propos_and_keeps_official_defaults():
-    assert hadis_module.symmetric_alignment_and_psl is propos_module.symmetric_alignment_and_psl
-    assert inspect.signature(hardness_aware_self_distillation_loss).parameters["tau"].default == 0.5
+def test_official_defaults():
     p = inspect.signature(hadis_objective).parameters
     defaults = {name: p[name].default for name in ("temperature", "psl_weight", "tau", "hsd_weight", "offset")}
     assert defaults == {"temperature": 0.5, "psl_weight": 0.1, "tau": 0.5, "hsd_weight": 1.0, "offset": 0.0}
+    assert inspect.signature(hardness_aware_self_distillation_loss).parameters["tau"].default == 0.5
+    assert inspect.signature(symmetric_hsd).parameters["tau"].default == 0.5
 
 
 def test_bad_inputs_raise_value_error():

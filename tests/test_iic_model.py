@@ -4,15 +4,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import main as entry
 from datasets.batch_augment import BatchAugmenter, iic_specs
-from engine.config import resolve
+from engine.run import load_config as resolve
 from losses.iic import iic_loss
-from models.base import DataInfo
+from datasets import DataInfo
 from models.iic import IIC
 
 TINY = ["--backbone", "mlp", "--image_size", "8", "--batch_size", "64", "--log_every", "1", "--eval_batch_size", "1024",
@@ -40,7 +41,7 @@ def views(model: IIC, b: int = 16, seed: int = 1) -> dict:
 
 def grads_after_step(model: IIC, epoch: int) -> dict[str, float]:
     model.zero_grad(set_to_none=True)
-    model.on_epoch_start(epoch, None)
+    model.on_epoch_start(SimpleNamespace(epoch=epoch))
     model.training_step(views(model), 0)["loss"].backward()
     norm = lambda m: sum(float(p.grad.abs().sum()) if p.grad is not None else math.nan for p in m.parameters())
     return {"trunk": norm(model.backbone), "A": norm(model.head_a), "B": norm(model.head_b)}
@@ -60,7 +61,7 @@ def test_schedule_follows_head_order_and_epochs_and_only_the_active_head_learns(
 
 def test_step_loss_is_the_mean_over_sub_heads_of_iic_loss_with_the_original_view_tiled():
     model = build()
-    model.on_epoch_start(0, None)
+    model.on_epoch_start(SimpleNamespace(epoch=0))
     batch = views(model)
     out = model.training_step(batch, 0)
     with torch.no_grad():
@@ -78,7 +79,7 @@ def test_select_head_is_the_sub_head_with_the_lowest_training_loss():
         model.head_b.out.bias[2].zero_()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     assert model.select_head() is None                 # nothing measured yet
-    model.on_epoch_start(0, None)
+    model.on_epoch_start(SimpleNamespace(epoch=0))
     expected = torch.zeros(3, dtype=torch.float64)
     for seed in range(4):
         batch = views(model, seed=seed)
@@ -91,10 +92,10 @@ def test_select_head_is_the_sub_head_with_the_lowest_training_loss():
         opt.step()
     torch.testing.assert_close(model.head_loss_sum, expected, rtol=1e-5, atol=1e-6)
     assert model.select_head() == int(expected.argmin()) and model.select_head() != 2
-    model.on_epoch_start(2, None)                      # a head-A pass keeps the head-B record
+    model.on_epoch_start(SimpleNamespace(epoch=2))                      # a head-A pass keeps the head-B record
     model.training_step(views(model), 0)
     assert model.select_head() == int(expected.argmin())
-    model.on_epoch_start(3, None)                      # a new head-B pass starts a new record
+    model.on_epoch_start(SimpleNamespace(epoch=3))                      # a new head-B pass starts a new record
     assert model.select_head() is None
 
 
@@ -124,11 +125,13 @@ def test_short_training_run_on_digits_lowers_the_head_b_loss(tmp_path):
 
 
 def test_divclust_needs_single_sub_heads_and_returns_the_c_main_heads(tmp_path):
-    with pytest.raises(ValueError, match="--iic.sub_heads 1"):
-        build("--clusterings", "2")
+    from engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--iic.sub_heads 1"):
+        IIC.check_config(resolve(["--preset", "iic_digits", "--clusterings", "2"]))
     model = build("--clusterings", "2", "--iic.sub_heads", "1")
     assert model.head_b.out.weight.shape[0] == 2 and model.head_a.out.weight.shape[0] == 1
-    model.on_epoch_start(0, None)
+    model.on_epoch_start(SimpleNamespace(epoch=0))
     out = model.training_step(views(model), 0)
     assert out["assignments"].shape == (2, 16, 5) and out["assignments"].requires_grad
     args = ["--preset", "iic_digits", "--output_dir", str(tmp_path), "--run_name", "d", *merged(TINY, ["--iic.sub_heads", "1"]),
@@ -167,8 +170,8 @@ def test_iic_pipelines_crop_rotate_and_flip_as_configured():
 def test_iic_data_bundle_crops_in_pixels_of_the_stored_image():
     import datasets
 
-    cfg = resolve(["--preset", "iic_digits", "--iic.crop", "6", "--iic.tf2_crops", "[4, 8]", "--iic.repeats", "2"])
-    bundle = datasets.build(cfg, views=IIC.views_for(cfg))
+    cfg = resolve(["--preset", "iic_digits", "--iic_augmentation.crop", "6", "--iic_augmentation.tf2_crops", "[4, 8]", "--iic.repeats", "2"])
+    bundle = datasets.build(cfg, IIC.data_request(cfg))
     assert bundle.eval_crop == pytest.approx(0.75)
     assert bundle.augmenter.views == 3 and bundle.augmenter.first_spec.crop_sides == (0.75,)
     assert bundle.augmenter.spec.crop_sides == (0.5, 1.0)

@@ -1,15 +1,17 @@
 """The Kingdra method: batched ensemble = M separate ladders, full-data normalisation at prediction, and the
-outer-iteration bookkeeping (kingdra.md §2, §5, §6)."""
-from types import SimpleNamespace
+outer-iteration bookkeeping (docs/methods/kingdra.md)."""
 
 import pytest
 import torch
 from torch.func import vmap
 
-from engine.config import resolve
+from datasets import DataInfo
+from engine.config import ConfigError
+from engine.run import load_config as resolve
 from losses.kingdra import align_pseudo_labels, im_loss, ladder_batchnorm, noise_kl
-from models.base import DataInfo
+from models.context import RunContext
 from models.kingdra import Kingdra, LadderEnsemble
+from tests.conftest import RecordingLog
 
 
 def make_method(*extra, n=40, dim=6, k=3, members=4):
@@ -98,13 +100,9 @@ def test_prediction_uses_full_data_statistics_in_any_chunking():
     assert method.features(data[:9]).shape == (9, 9)
 
 
-class FakeTrainer:
-    def __init__(self):
-        self.cfg = SimpleNamespace(seed=0, epochs=10)
-        self.step, self.epoch = 0, 0
-        self.lines, self.metrics = [], []
-        self.log = SimpleNamespace(info=self.lines.append,
-                                   log_metrics=lambda m, **kw: self.metrics.append(m))
+def hook_context(method) -> RunContext:
+    """The run context the outer-iteration hook sees (seed 0, 10 epochs), recording what it logs."""
+    return RunContext(method, None, log=RecordingLog(), seed=0, epochs=10)
 
 
 def one_hot_probs(ids, k):
@@ -115,13 +113,13 @@ def one_hot_probs(ids, k):
 def test_outer_iteration_bookkeeping_saved_set_alignment_and_weights(monkeypatch):
     method = make_method("--kingdra.t_high", "3", "--kingdra.t_low", "1", "--kingdra.thresh", "0.5",
                          "--kingdra.im_weight_after_first", "0.5", members=4, n=9, k=3)
-    trainer = FakeTrainer()
+    ctx = hook_context(method)
     # Iteration 1: all members agree on three groups; the last member names them 2, 0, 1.
     base = [0, 0, 0, 1, 1, 1, 2, 2, 2]
     last = [2, 2, 2, 0, 0, 0, 1, 1, 1]
     first = one_hot_probs([base, base, base, last], 3)
     monkeypatch.setattr(method, "_predict_all", lambda: first)
-    method._end_outer_iteration(trainer)
+    method._end_outer_iteration(ctx)
     assert int(method.outer_iteration) == 1 and int(method.min_labels) == 3 and int(method.best_min_labels) == 3
     assert method.pseudo_labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert float(method.sup_weight) == 1.0 and float(method.im_weight) == 0.5
@@ -131,24 +129,24 @@ def test_outer_iteration_bookkeeping_saved_set_alignment_and_weights(monkeypatch
         assert torch.equal(method.sup_target[m], aligned[method.sup_index[m]])
         assert sorted(method.sup_index[m].tolist()) == list(range(9))    # 9 rows, 3 per class
     assert not torch.equal(method.sup_index[0], method.sup_index[1])   # one shuffle per member
-    assert "3 group(s)" in trainer.lines[-1] and trainer.metrics[-1]["kingdra/groups"] == 3
+    assert "3 group(s)" in ctx._log.lines[-1] and ctx._log.metrics[-1]["kingdra/groups"] == 3
     # Iteration 2: no point is confident (top probability 0.4 < 0.5) -> no group; the saved set is used again.
     unsure = torch.nn.functional.one_hot(torch.tensor([base] * 4), 3).float() * 0.1 + 0.3
     monkeypatch.setattr(method, "_predict_all", lambda: unsure)
-    method._end_outer_iteration(trainer)
+    method._end_outer_iteration(ctx)
     assert int(method.min_labels) == 3 and method.pseudo_labels.tolist() == base
-    assert "saved set" in trainer.lines[-1] and int(method.outer_iteration) == 2
+    assert "saved set" in ctx._log.lines[-1] and int(method.outer_iteration) == 2
     assert method._iteration_length() == int(method.kc.epochs_per_iter)
 
 
 def test_no_groups_keeps_the_unsupervised_schedule(monkeypatch):
     method = make_method("--kingdra.epochs_per_iter0", "2", "--kingdra.epochs_per_iter", "3", members=4, n=9, k=3)
-    trainer = FakeTrainer()
+    ctx = hook_context(method)
     rows = [[0, 1, 2, 0, 1, 2, 0, 1, 2], [0, 0, 0, 1, 1, 1, 2, 2, 2], [2, 1, 0, 2, 1, 0, 2, 1, 0],
             [1, 2, 0, 0, 1, 2, 2, 0, 1]]
     monkeypatch.setattr(method, "_predict_all", lambda: one_hot_probs(rows, 3))
     assert method._iteration_length() == 2
-    method._end_outer_iteration(trainer)
+    method._end_outer_iteration(ctx)
     assert float(method.sup_weight) == 0.0 and not method._supervised and method._iteration_length() == 2
     assert float(method.im_weight) == pytest.approx(float(method.kc.im_weight))   # no im_weight_after_first
 
@@ -159,12 +157,12 @@ def test_common_mapping_false_aligns_each_member_and_reports_member_zero(monkeyp
     ids = [[0, 0, 0, 1, 1, 1, 2, 2, 2], [1, 1, 1, 2, 2, 2, 0, 0, 0], [2, 2, 2, 0, 0, 0, 1, 1, 1],
            [0, 0, 0, 2, 2, 2, 1, 1, 1]]
     monkeypatch.setattr(method, "_predict_all", lambda: one_hot_probs(ids, 3))
-    method._end_outer_iteration(FakeTrainer())
+    method._end_outer_iteration(hook_context(method))
     for m in range(4):   # each member's targets are its own ids on the rows it is shown
         assert torch.equal(method.sup_target[m], torch.tensor(ids[m])[method.sup_index[m]])
     assert method.select_head() == 1
 
 
 def test_settings_are_checked():
-    with pytest.raises(ValueError, match="denoising_cost"):
-        make_method("--kingdra.denoising_cost", "[1.0, 2.0]")
+    with pytest.raises(ConfigError, match="denoising_cost"):
+        Kingdra.check_config(resolve(["--preset", "kingdra_digits", "--kingdra.denoising_cost", "[1.0, 2.0]"]))

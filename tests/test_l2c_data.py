@@ -1,10 +1,12 @@
-"""L2C building blocks: the similarity network's pair layout and the data protocol helpers (models/l2c_*.py)."""
+"""L2C building blocks: the similarity network's pair layout and the data protocol helpers (class subsets, class-
+balanced batches)."""
+import numpy as np
 import pytest
 import torch
 
+from datasets import DataInfo, RawData, keep_classes
+from datasets.samplers import ClassBalancedBatchSampler
 from engine.config import ConfigError
-from models.base import DataInfo
-from models.l2c_data import ClassBalancedBatchSampler, class_subset
 from models.l2c_networks import SimilarityNetwork, build_similarity_network
 
 
@@ -51,9 +53,15 @@ def test_official_trunk_widths():
     assert build_similarity_network("vgg_s", info32).pair_head[0].weight.shape == (4096, 2048)   # d = 1024
 
 
-def test_class_subset():
-    labels = torch.tensor([3, 0, 5, 3, -1, 1, 5])
-    assert class_subset(labels, [5, 3]).tolist() == [0, 2, 3, 6]
+def test_class_subset_keeps_order_labels_and_ids():
+    labels = np.array([3, 0, 5, 3, -1, 1, 5])
+    raw = RawData(np.arange(7, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32), labels, "toy",
+                  ids=[f"row{i}" for i in range(7)])
+    kept = keep_classes(raw, (5, 3), "toy")
+    assert kept.labels.tolist() == [3, 5, 3, 5] and kept.data[:, 0].tolist() == [0, 2, 3, 6]
+    assert kept.ids == ["row0", "row2", "row3", "row6"]
+    with pytest.raises(ConfigError, match="selects no sample"):
+        keep_classes(raw, (9,), "toy")
 
 
 def test_class_balanced_batches():

@@ -54,7 +54,7 @@ def test_similarity_network_is_a_supervised_stage_on_the_source_classes(spn_run)
     root, _, run_dir, results = spn_run
     assert results["heads"] == [] and results["kmeans"] is not None
     log = (run_dir / "log.txt").read_text()
-    assert "SUPERVISED stage" in log and "restricted to classes [0, 1, 2, 3, 4]" in log
+    assert "SUPERVISED stage" in log and "classes [0, 1, 2, 3, 4] only (60 samples)" in log
     preds = np.load(run_dir / "predictions.npz")
     assert set(preds["labels"].tolist()) == {0, 1, 2, 3, 4} and len(preds["labels"]) == 5 * PER_CLASS
     scores = [m for m in metrics_of(run_dir) if "spn/similar_f1" in m]
@@ -155,15 +155,17 @@ def test_similarity_checkpoint_errors(spn_run, tmp_path):
         entry.main(transfer_args(spn_run, name="err3") + ["--normalize_mean", "[0.5]", "--normalize_std", "[0.5]"])
 
 
-def test_label_reading_options_are_refused_in_transfer_mode_and_eval_only_guard(spn_run):
+def test_label_reading_options_are_refused_in_transfer_mode_and_eval_only_keeps_the_class_split(spn_run):
     root = spn_run[0]
     with pytest.raises(ConfigError, match="classes_per_batch"):
         entry.main(transfer_args(spn_run, name="cpb") + ["--l2c.classes_per_batch", "5"])
     with pytest.raises(ConfigError, match="augmentation none"):
         entry.main(replace(transfer_args(spn_run, name="crop"), "augmentation", "digits")
                    + ["--l2c.crop_scale", "[0.8, 1]"])
+    # the class split defines the dataset, so evaluating the checkpoint alone sees the source classes only
     ckpt = spn_run[2] / "checkpoints" / "last.pt"
-    with pytest.raises(ConfigError, match="eval_only"):
-        entry.main(["--preset", "spn_digits", *common(spn_run[1], root / "runs"), "--l2c.spn_hidden", "64",
-                    "--eval_only", "true", "--resume", str(ckpt)])
+    entry.main(["--eval_only", "true", "--resume", str(ckpt)])
+    (evaluation,) = spn_run[2].glob("eval-*")
+    preds = np.load(evaluation / "predictions.npz")
+    assert set(preds["labels"].tolist()) == {0, 1, 2, 3, 4} and len(preds["labels"]) == 5 * PER_CLASS
 

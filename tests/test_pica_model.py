@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,13 +13,13 @@ import torch.nn.functional as F
 import main as entry
 from datasets.batch_augment import (AugmentSpec, BatchAugmenter, center_crop_resize, draw_params, eval_images,
                                     pica_specs)
-from engine.config import resolve
+from engine.run import load_config as resolve
 from losses.pica import pica_loss
 from models.backbones import SobelFilter
-from models.base import DataInfo
+from datasets import DataInfo
 from models.pica import PICA
 
-TINY = ["--backbone", "mlp", "--image_size", "8", "--pica.resize", "9", "--batch_size", "64", "--log_every", "1",
+TINY = ["--backbone", "mlp", "--image_size", "8", "--pica_augmentation.resize", "9", "--batch_size", "64", "--log_every", "1",
         "--eval_batch_size", "1024", "--pica.overcluster_heads", "[12]"]
 
 
@@ -43,7 +44,7 @@ def views(model: PICA, b: int = 16, seed: int = 1) -> dict:
 
 def grads_after_step(model: PICA, epoch: int) -> dict[str, float]:
     model.zero_grad(set_to_none=True)
-    model.on_epoch_start(epoch, None)
+    model.on_epoch_start(SimpleNamespace(epoch=epoch))
     model.training_step(views(model), 0)["loss"].backward()
     norm = lambda m: sum(float(p.grad.abs().sum()) if p.grad is not None else math.nan for p in m.parameters())
     return {"trunk": norm(model.backbone), "over": norm(model.overcluster[0]), "main": norm(model.main_head)}
@@ -63,7 +64,7 @@ def test_heads_alternate_one_epoch_each_and_only_the_active_head_learns():
 
 def test_step_loss_is_the_pica_loss_of_the_active_head_on_block_layout_views():
     model = build("--pica.repeats", "2")
-    model.on_epoch_start(1, None)
+    model.on_epoch_start(SimpleNamespace(epoch=1))
     batch = views(model)
     out = model.training_step(batch, 0)
     with torch.no_grad():
@@ -93,14 +94,14 @@ def test_sobel_is_a_fixed_input_layer():
 def test_divclust_replicates_only_the_main_head_and_returns_its_clean_assignments():
     model = build("--clusterings", "2")
     assert model.main_head.out.weight.shape[0] == 2 and model.overcluster[0].out.weight.shape[0] == 1
-    model.on_epoch_start(1, None)
+    model.on_epoch_start(SimpleNamespace(epoch=1))
     batch = views(model)
     out = model.training_step(batch, 0)
     assert out["assignments"].shape == (2, 16, 5) and out["assignments"].requires_grad
     # The diversity loss reaches the main heads through the assignments.
     out["assignments"].pow(2).sum().backward()
     assert model.main_head.out.weight.grad.abs().sum() > 0
-    model.on_epoch_start(0, None)                      # over-clustering pass: assignments are detached
+    model.on_epoch_start(SimpleNamespace(epoch=0))                      # over-clustering pass: assignments are detached
     assert not model.training_step(batch, 0)["assignments"].requires_grad
 
 
@@ -194,8 +195,8 @@ def test_eval_centre_crop_matches_resize_then_crop_and_crop_then_resize():
 def test_pica_data_bundle_uses_the_clean_crop_for_evaluation():
     import datasets
 
-    cfg = resolve(["--preset", "pica_digits", "--image_size", "8", "--pica.resize", "10"])
-    bundle = datasets.build(cfg, views=4)
+    cfg = resolve(["--preset", "pica_digits", "--image_size", "8", "--pica_augmentation.resize", "10"])
+    bundle = datasets.build(cfg, datasets.DataRequest(views=4))
     assert bundle.eval_crop == pytest.approx(0.8) and bundle.augmenter.first_spec.crop_sides == (0.8,)
     batch = {"views": [bundle.eval[i]["views"][0] for i in range(3)]}
     batch["views"] = [torch.stack(batch["views"])]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from losses.propos import (alignment_loss, compute_prototypes, gaussian_positive_sampling, propos_objective,
-                           prototype_scattering_loss, symmetric_alignment_and_psl)
+                           prototype_scattering_loss, symmetric_alignment, symmetric_psl)
 
 # ---------------------------------------------------------------------------------------------------------------
 # independent references: explicit python loops over the spec's formulas (numpy, float64)
@@ -218,6 +218,30 @@ def _views(seed: int, n: int = 8, d: int = 6, k: int = 3, dtype=torch.float64):
     return tensors, labels
 
 
+def test_symmetric_alignment_and_psl_by_reference():
+    (p1, p2, q1, q2, k1, k2), labels = _views(9)
+    a = [p.numpy() for p in (p1, p2, q1, q2, k1, k2)]
+    align = 0.5 * (ref_alignment(a[0], a[5], 0.0) + ref_alignment(a[1], a[4], 0.0))
+    psl = 0.5 * (ref_psl(a[2], a[5], labels.tolist(), 3, 0.5) + ref_psl(a[3], a[4], labels.tolist(), 3, 0.5))
+    assert symmetric_alignment(p1, p2, k1, k2).item() == pytest.approx(align, rel=1e-12, abs=1e-12)
+    assert symmetric_psl(q1, q2, k1, k2, labels, num_clusters=3).item() == pytest.approx(psl, rel=1e-12, abs=1e-12)
+    # the presence of a cluster follows present_labels (this rank's labels under DDP)
+    only_first = labels[labels == labels[0]]
+    narrow = 0.5 * (ref_psl(a[2], a[5], labels.tolist(), 3, 0.5, present=set(only_first.tolist()))
+                    + ref_psl(a[3], a[4], labels.tolist(), 3, 0.5, present=set(only_first.tolist())))
+    assert symmetric_psl(q1, q2, k1, k2, labels, only_first, num_clusters=3).item() == pytest.approx(narrow, rel=1e-12)
+
+
+def test_symmetric_losses_reach_online_only():
+    (p1, p2, q1, q2, k1, k2), labels = _views(10)
+    inputs = [t.clone().requires_grad_(True) for t in (p1, p2, q1, q2, k1, k2)]
+    total = (symmetric_alignment(inputs[0], inputs[1], inputs[4], inputs[5])
+             + 0.1 * symmetric_psl(inputs[2], inputs[3], inputs[4], inputs[5], labels, num_clusters=3))
+    grads = torch.autograd.grad(total, inputs, allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[:4])
+    assert grads[4] is None and grads[5] is None
+
+
 def test_propos_objective_composition_and_warmup():
     (p1, p2, q1, q2, k1, k2), labels = _views(9)
     a = [p.numpy() for p in (p1, p2, q1, q2, k1, k2)]
@@ -229,8 +253,15 @@ def test_propos_objective_composition_and_warmup():
     assert total.item() == pytest.approx(align + 0.1 * psl, rel=1e-12, abs=1e-12)
     warm_total, warm_align, _ = propos_objective(p1, p2, q1, q2, k1, k2, labels, num_clusters=3, psl_weight=0.0)
     assert warm_total.item() == warm_align.item()
-    pair = symmetric_alignment_and_psl(p1, p2, q1, q2, k1, k2, labels, num_clusters=3)
-    assert pair[0].item() == alignment.item() and pair[1].item() == psl_value.item()
+    assert symmetric_alignment(p1, p2, k1, k2).item() == alignment.item()
+    assert symmetric_psl(q1, q2, k1, k2, labels, num_clusters=3).item() == psl_value.item()
+    # under DDP the PSL runs on the gathered batch, this rank's labels deciding the present clusters
+    gathered = {"q1": torch.cat([q1, q2]), "q2": torch.cat([q2, q1]), "k1": torch.cat([k1, k2]),
+                "k2": torch.cat([k2, k1]), "labels": torch.cat([labels, labels])}
+    _, align_g, psl_g = propos_objective(p1, p2, q1, q2, k1, k2, labels, num_clusters=3, gathered=gathered)
+    assert align_g.item() == alignment.item()
+    assert psl_g.item() == symmetric_psl(gathered["q1"], gathered["q2"], gathered["k1"], gathered["k2"],
+                                         gathered["labels"], labels, num_clusters=3).item()
 
 
 def test_propos_objective_gradients_reach_online_only():
@@ -248,8 +279,10 @@ def test_keyword_defaults_are_the_official_ones():
     psl_params = inspect.signature(prototype_scattering_loss).parameters
     assert psl_params["temperature"].default == 0.5
     assert psl_params["num_clusters"].default is inspect.Parameter.empty  # required
+    assert inspect.signature(symmetric_psl).parameters["temperature"].default == 0.5
     obj = inspect.signature(propos_objective).parameters
     assert (obj["temperature"].default, obj["psl_weight"].default, obj["offset"].default) == (0.5, 0.1, 0.0)
+    assert inspect.signature(symmetric_alignment).parameters["offset"].default == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,4 +315,4 @@ def test_bad_inputs_raise_value_error():
     with pytest.raises(ValueError, match="present_labels"):
         prototype_scattering_loss(q, k, labels, labels[:0], num_clusters=3)
     with pytest.raises(ValueError, match="shape"):
-        propos_objective(q, q, q, q, k, k[:, :3], labels, num_clusters=3)
+        symmetric_psl(q, q, k, k[:, :3], labels, num_clusters=3)

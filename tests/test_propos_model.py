@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import os
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 import main as entry
-from models.pseudo_label_sampler import PseudoLabelBalancedSampler
+from datasets.samplers import PseudoLabelBalancedSampler
 from tests.conftest import assert_same_checkpoints
 from tests.family_helpers import build, random_batch, run_killed_after, tiny_argv, train_losses
 
@@ -49,10 +50,14 @@ def test_momentum_and_learning_rate_schedules_follow_the_official_formulas():
     assert model.ema_momentum(0) == pytest.approx(1 - 0.004 * (math.cos(math.pi * 1 / 100) + 1) / 2)
     assert model.ema_momentum(99) == pytest.approx(1.0)
     # warm-up: e = (step + 1) / iters_per_epoch, factor e / warmup
-    assert model.official_lr_factor(4) == pytest.approx(0.5 / 2)
+    assert model.official_lr_factor(4, 10) == pytest.approx(0.5 / 2)
     # cosine over `epochs` (not epochs - warmup), from the end of the warm-up: step 29 -> e = 3
-    assert model.official_lr_factor(29) == pytest.approx(0.5 * (1 + math.cos(math.pi * 1 / 10)))
-    assert model.official_lr_factor(99) == pytest.approx(0.5 * (1 + math.cos(math.pi * 8 / 10)))  # never 0
+    assert model.official_lr_factor(29, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 1 / 10)))
+    assert model.official_lr_factor(99, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 8 / 10)))  # never 0
+    # the method declares that curve as its learning-rate factor (the trainer's one scheduler applies it)
+    assert model.lr_factor(29, SimpleNamespace(steps_per_epoch=10)) == model.official_lr_factor(29, 10)
+    model.opts.official_schedule = False
+    assert model.lr_factor(29, SimpleNamespace(steps_per_epoch=10)) is None
     # param groups: lr x batch/256 for the online network, x predictor_lr_mult more for the predictor
     groups = model.param_groups()
     assert groups[0]["lr_mult"] == pytest.approx(64 / 256) and groups[1]["lr_mult"] == pytest.approx(10 * 64 / 256)
@@ -70,17 +75,17 @@ def test_warmup_turns_off_psl_and_noise():
     out = model.training_step(batch, step=0)
     assert out["loss"].item() == pytest.approx(out["alignment"].item() + 0.1 * out["psl"].item(), rel=1e-6)
     q = torch.zeros(4, 16)
-    assert torch.equal(model._sample(q, 3, 1, 0.0), q)
-    a, b = model._sample(q, 3, 1, 0.5), model._sample(q, 3, 1, 0.5)
+    assert torch.equal(model._sample(q, 3, "noise_view_1", 0.0), q)
+    a, b = model._sample(q, 3, "noise_view_1", 0.5), model._sample(q, 3, "noise_view_1", 0.5)
     assert torch.equal(a, b) and a.abs().sum() > 0                          # re-derived from (seed, step)
-    assert not torch.equal(a, model._sample(q, 4, 1, 0.5))
+    assert not torch.equal(a, model._sample(q, 4, "noise_view_1", 0.5))
 
 
 def test_refresh_is_cosine_kmeans_of_target_features_and_is_logged():
     from torch_clustering import KMeans
 
-    model, cfg, bundle, trainer = build("propos")
-    model.refresh_pseudo_labels(trainer, epochs_trained=0)
+    model, cfg, bundle, ctx = build("propos")
+    model.refresh_pseudo_labels(ctx, epochs_trained=0)
     x = bundle.eval_view({"views": [bundle.eval.data]}, torch.device("cpu"))
     model.eval()
     feats = model.features(x)
@@ -89,8 +94,8 @@ def test_refresh_is_cosine_kmeans_of_target_features_and_is_logged():
     assert torch.equal(model.pseudo_labels, expected)
     assert int(model.pseudo_label_epoch) == 0
     assert any("k-means refresh before epoch 1" in line and "s (target features" in line
-               for line in trainer.log.lines)
-    assert "train/kmeans_refresh_seconds" in trainer.log.metrics[-1]
+               for line in ctx._log.lines)
+    assert "train/kmeans_refresh_seconds" in ctx._log.metrics[-1]
 
 
 def _free_port() -> int:
@@ -105,8 +110,8 @@ def _refresh_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        model, _, _, trainer = build("propos")
-        model.refresh_pseudo_labels(trainer, epochs_trained=3)
+        model, _, _, ctx = build("propos")
+        model.refresh_pseudo_labels(ctx, epochs_trained=3)
         torch.save({"labels": model.pseudo_labels, "epoch": model.pseudo_label_epoch},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -119,8 +124,8 @@ def test_refresh_gives_identical_labels_on_two_gloo_ranks(tmp_path):
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert torch.equal(r0["labels"], r1["labels"]) and int(r0["epoch"]) == 3
     # each rank embedded half of the set; the sharded k-means equals the one-process k-means on all of it
-    single, _, _, trainer = build("propos")
-    single.refresh_pseudo_labels(trainer, epochs_trained=3)
+    single, _, _, ctx = build("propos")
+    single.refresh_pseudo_labels(ctx, epochs_trained=3)
     assert torch.equal(single.pseudo_labels, r0["labels"])
     assert len(torch.unique(r0["labels"])) == 10
 
@@ -150,15 +155,15 @@ def test_short_run_lowers_the_loss_and_resume_is_exact_with_v2_and_resampling(tm
 
 def test_balanced_sampler_weights_by_inverse_cluster_size_and_deals_round_robin():
     labels = torch.tensor([0] * 30 + [1] * 10)
-    s0 = PseudoLabelBalancedSampler(lambda: labels, num_samples=40, global_batch=8, rank=0, world_size=2, seed=0)
-    s1 = PseudoLabelBalancedSampler(lambda: labels, num_samples=40, global_batch=8, rank=1, world_size=2, seed=0)
+    s0 = PseudoLabelBalancedSampler(lambda: labels, num_samples=40, batch_size=8, rank=0, world_size=2, seed=0)
+    s1 = PseudoLabelBalancedSampler(lambda: labels, num_samples=40, batch_size=8, rank=1, world_size=2, seed=0)
     torch.testing.assert_close(s0.weights(), torch.tensor([40 / 30] * 30 + [40 / 10] * 10, dtype=torch.float64))
-    assert len(s0) == len(list(s0)) == 20
+    assert len(s0) == len(list(s0)) == 5 and all(len(b) == 4 for b in s0)   # 5 local batches of 4
     s0.set_epoch(1)
     s1.set_epoch(1)
-    first, second = list(s0), list(s1)
-    assert first == list(s0)                                   # same epoch, same draw
+    first, second = [i for b in s0 for i in b], [i for b in s1 for i in b]
+    assert first == [i for b in s0 for i in b]                 # same epoch, same draw
     s0.set_epoch(2)
-    assert list(s0) != first
+    assert [i for b in s0 for i in b] != first
     both = torch.tensor(first + second)
     assert (both >= 30).float().mean() > 0.3                   # the small cluster drawn ~half the time, not 1/4

@@ -157,23 +157,26 @@ def test_torchrun_seeds_run_as_subprocesses(tmp_path, monkeypatch):
 
 
 def test_a_seed_killed_before_its_first_checkpoint_starts_again(tmp_path, monkeypatch):
-    stale = tmp_path / "cc_digits" / "seed4"
-    stale.mkdir(parents=True)
-    (stale / "log.txt").write_text("killed during epoch 1\n")
-    calls = []
+    from engine.trainer import Trainer
+    from tests.conftest import TINY
 
-    def fake_main(argv):  # stands in for a finished training run
-        calls.append(argv)
-        run_dir = Path(argv[argv.index("--output_dir") + 1]) / "cc_digits" / argv[argv.index("--run_name") + 1]
-        assert not run_dir.exists(), "the stale directory must be moved aside, not trained into"
-        run_dir.mkdir(parents=True)
-        (run_dir / "results.json").write_text(json.dumps({"best_head": {"acc": 0.5, "nmi": 0.5, "ari": 0.5}}))
+    extra = TINY + ["--epochs", "1", "--plots", "false"]
+    original = Trainer.train_epoch
 
-    monkeypatch.setattr(entry, "main", fake_main)
-    assert reproduce.main(["--preset", "cc_digits", "--seeds", "4", "--runs_root", str(tmp_path)]) == 0
-    assert len(calls) == 1 and "--resume" not in calls[0]
-    aside = [d for d in (tmp_path / "cc_digits").iterdir() if d.name.startswith("seed4.incomplete-")]
-    assert len(aside) == 1 and (aside[0] / "log.txt").read_text() == "killed during epoch 1\n"
+    def killed(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        entry.main(["--preset", "cc_digits", *extra, "--seed", "4", "--output_dir", str(tmp_path),
+                    "--run_name", "seed4"])
+    run_dir = tmp_path / "cc_digits" / "seed4"
+    assert (run_dir / "config.yaml").is_file() and not (run_dir / "checkpoints" / "last.pt").exists()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert reproduce.main(["--preset", "cc_digits", "--seeds", "4", "--runs_root", str(tmp_path), "--", *extra]) == 0
+    assert (run_dir / "results.json").is_file()
+    assert "killed before its first epoch ended (no checkpoint): starting it again there" in (
+        run_dir / "log.txt").read_text()
 
 
 def test_bad_sweeps_are_refused(tmp_path, capsys):
@@ -275,7 +278,7 @@ def test_a_failing_figure_never_stops_the_run(tiny_args, tmp_path, monkeypatch):
 def test_plots_can_be_switched_off_and_bad_values_are_refused(sweep, tiny_args, tmp_path):
     seed_dir = sweep / "cc_digits" / "seed0"            # trained with --plots false
     assert (seed_dir / "predictions.npz").is_file() and not list(seed_dir.glob("*.png"))
-    with pytest.raises(ConfigError, match="plot_tsne must be one of final, every, never"):
+    with pytest.raises(ConfigError, match="plot_tsne = .sometimes.: must be one of final, every, never"):
         entry.main(tiny_args + ["--epochs", "1", "--run_name", "bad", "--plot_tsne", "sometimes"])
     assert not (tmp_path / "runs" / "cc_digits" / "bad").exists()
 

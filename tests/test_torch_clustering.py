@@ -112,8 +112,9 @@ def test_more_clusters_than_distinct_points_gives_no_nan():
         assert torch.isfinite(result.centers).all()
         assert math.isfinite(float(result.inertia))
         assert result.labels.min() >= 0 and result.labels.max() < 8
-    # euclidean: every distinct point is a centre, so the inertia is exactly 0
-    assert float(kmeans(X, 8, n_init=2).inertia) == 0.0
+    # euclidean: every distinct point is a centre, so the inertia is 0 up to float32 rounding of the centred data
+    # (each centre is a float32 mean of 20 copies; squared residuals of ~1e-7 over 100 points)
+    assert float(kmeans(X, 8, n_init=2).inertia) < 1e-9
 
 
 def test_empty_cluster_is_reseeded_like_sklearn():

@@ -77,15 +77,17 @@ def test_eval_only_reproduces_the_final_metrics(tiny_args, tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_args, tmp_path, monkeypatch):
     import models.cc as cc_module
 
-    real = cc_module.instance_contrastive_loss
+    real = cc_module.cc_loss
     calls = {"n": 0}
 
     def poisoned(*a, **k):
         calls["n"] += 1
-        value = real(*a, **k)
-        return value * float("nan") if calls["n"] > 4 else value  # epoch 1 (3 steps) is fine, epoch 2 breaks
+        total, instance, cluster = real(*a, **k)
+        if calls["n"] > 4:                  # epoch 1 (3 steps) is fine, epoch 2 breaks
+            return total * float("nan"), instance * float("nan"), cluster
+        return total, instance, cluster
 
-    monkeypatch.setattr(cc_module, "instance_contrastive_loss", poisoned)
+    monkeypatch.setattr(cc_module, "cc_loss", poisoned)
     with pytest.raises(TrainingDiverged, match=r"step 4 .*instance_loss=nan"):
         entry.main([a if a != "--log_every" else "--eval_every" for a in tiny_args[:0]] + tiny_args
                    + ["--epochs", "3", "--run_name", "e"])

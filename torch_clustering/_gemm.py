@@ -10,6 +10,7 @@ works on zero-copy views of the same CPU tensors; GPU tensors always use PyTorch
 from __future__ import annotations
 
 import os
+import threading
 import time
 from contextlib import contextmanager
 
@@ -18,6 +19,7 @@ import torch
 
 _choice: str | None = None
 _controller = None  # threadpoolctl.ThreadpoolController, or False when threadpoolctl is missing
+_scope = threading.local()  # `active` on the thread that runs a CPU fit (inside cpu_gemm_scope)
 
 
 def _time(fn, repeats: int = 5) -> float:
@@ -50,6 +52,16 @@ def cpu_gemm_scope():
     """Inside a CPU fit (after PyTorch is set to one intra-op thread): pick the BLAS once per process, and hold
     NumPy's BLAS to one thread per caller (the fit's row-range threads provide the parallelism). The limit is
     process-wide while the fit runs."""
+    _scope.active = True
+    try:
+        with _limited_blas():
+            yield
+    finally:
+        _scope.active = False
+
+
+@contextmanager
+def _limited_blas():
     global _choice, _controller
     if _controller is None:
         try:
@@ -69,9 +81,7 @@ def cpu_gemm_scope():
 
 def uses_numpy(device: torch.device) -> bool:
     """True inside a CPU fit on the calling thread when the NumPy BLAS was chosen."""
-    from ._parallel import in_cpu_fit
-
-    return device.type == "cpu" and _choice == "numpy" and in_cpu_fit()
+    return device.type == "cpu" and _choice == "numpy" and getattr(_scope, "active", False)
 
 
 def gemm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, b_np: np.ndarray | None,

@@ -68,10 +68,6 @@ def cpu_fit(device: torch.device, work_per_pass: int):
             torch.set_num_threads(threads)
 
 
-def in_cpu_fit() -> bool:
-    return getattr(_state, "workers", None) is not None
-
-
 def workers(device: torch.device) -> int:
     """Row-range threads for work on `device` inside the current fit (1 outside a fit and on GPU)."""
     if device.type != "cpu":
