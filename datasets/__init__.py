@@ -5,7 +5,7 @@ Images stay uint8 in memory. With `augment_on: device` the training item holds t
 trainer calls `bundle.train_views` on the training device to make the augmented views (batched, per-sample
 random parameters); with `augment_on: loader` torchvision makes the views per image in DataLoader workers.
 `augment_on: auto` is `device` on CUDA and `loader` on the CPU where the augmentation has a per-image pipeline
-(`LOADER_PIPELINES`: simclr); the others (digits, pica, iic, crop) run batched on the CPU too, and say so.
+(`LOADER_PIPELINES`: simclr, crop); the others (digits, pica, iic) run batched on the CPU too, and say so.
 Evaluation always uses one deterministic view (resize + normalise), batched on the device. The trainer sets
 `bundle.memory_format` (channels-last on CUDA) and every image batch the bundle returns has that layout.
 
@@ -25,13 +25,12 @@ from torch.utils.data import Dataset
 from engine.config import ConfigError, Key, Section, each, in_range, probability
 
 from . import readers  # noqa: F401  (registers every reader)
-from .batch_augment import (AugmentSpec, BatchAugmenter, digits_spec, eval_images, iic_specs, pica_specs,
-                            simclr_spec)
+from .batch_augment import BatchAugmenter, crop_spec, digits_spec, eval_images, iic_specs, pica_specs, simclr_spec
 from .registry import READERS, DatasetError, DatasetNotFoundError, RawData, read
 
-AUGMENTATIONS = ("simclr", "digits", "pica", "iic", "none")
+AUGMENTATIONS = ("simclr", "digits", "pica", "iic", "crop", "none")
 # Augmentations with a torchvision per-image pipeline (datasets/transforms.py), i.e. that `augment_on: loader` can run.
-LOADER_PIPELINES = ("simclr",)
+LOADER_PIPELINES = ("simclr", "crop")
 AUGMENT_ON = ("auto", "device", "loader")
 
 # Settings of the augmentation families that have their own (they apply while `augmentation` names the family).
@@ -85,8 +84,8 @@ class DataRequest:
 
     views: int = 2                                      # augmented views of every training image
     classes: tuple[int, ...] = ()                       # keep only these ground-truth classes (train and eval)
-    train_spec: AugmentSpec | None = None               # replaces the configured training augmentation
-    train_spec_name: str = ""                           # what it is, for the log
+    # replaces the configured training augmentation: (family, {key: value}), e.g. ("crop", {"crop_scale": [.85, 1]})
+    augmentation: tuple[str, dict] | None = None
     options: dict = field(default_factory=dict)         # reader options over `dataset_options`
     extra_streams: tuple[ExtraStream, ...] = ()
 
@@ -272,23 +271,27 @@ def build(cfg, request: DataRequest | None = None, *, device: torch.device | str
     eval_crop = 1.0
     augment_on = "device"
     train: Dataset = ArrayDataset(raw)
-    if request.train_spec is not None:
-        if raw.kind != "image":
-            raise ConfigError(f"method {cfg.method} replaces the training augmentation of an image dataset, but "
-                              f"{cfg.dataset} holds vectors.")
-        augmenter = BatchAugmenter(request.train_spec, channels, views)
-    elif raw.kind == "image" and cfg.augmentation != "none":
-        augment_on, note = resolve_augment_on(cfg.augment_on, cfg.augmentation, _device_type(cfg, device))
+    family, settings = request.augmentation or (cfg.augmentation, {})
+    if request.augmentation is not None and raw.kind != "image":
+        raise ConfigError(f"method {cfg.method} trains with the {family} augmentation of images, but {cfg.dataset} "
+                          f"holds vectors.")
+    if raw.kind == "image" and family != "none":
+        augment_on, note = resolve_augment_on(cfg.augment_on, family, _device_type(cfg, device))
         if note:
             _log.info(note)
+        crop_scale = tuple(settings.get("crop_scale", cfg.crop_scale))
         if augment_on == "device":
-            augmenter, eval_crop = _batch_augmenter(cfg, raw, size, channels, views, mean, std)
+            augmenter, eval_crop = _batch_augmenter(cfg, raw, family, crop_scale, size, channels, views, mean, std)
         else:
-            from .transforms import simclr_train_transform
+            from .transforms import crop_train_transform, simclr_train_transform
 
-            transform = simclr_train_transform(size, color_strength=cfg.color_strength, blur=cfg.blur,
-                                               crop_scale=tuple(cfg.crop_scale), mean=mean or None,
-                                               std=std or None, channels=channels)
+            if family == "crop":
+                transform = crop_train_transform(size, crop_scale=crop_scale, mean=mean or None, std=std or None,
+                                                 channels=channels)
+            else:
+                transform = simclr_train_transform(size, color_strength=cfg.color_strength, blur=cfg.blur,
+                                                   crop_scale=crop_scale, mean=mean or None, std=std or None,
+                                                   channels=channels)
             train = LoaderViewsDataset(raw, transform, views)
     extra: dict[str, Dataset] = {}
     for stream in request.extra_streams:
@@ -305,21 +308,23 @@ def build(cfg, request: DataRequest | None = None, *, device: torch.device | str
                       sample_ids=raw.ids, extra=extra, native_size=native)
 
 
-def _batch_augmenter(cfg, raw: RawData, size: int, channels: int, views: int, mean: tuple, std: tuple
-                     ) -> tuple[BatchAugmenter, float]:
-    """The batched augmenter of `cfg.augmentation` and the evaluation view's centre crop."""
+def _batch_augmenter(cfg, raw: RawData, family: str, crop_scale: tuple, size: int, channels: int, views: int,
+                     mean: tuple, std: tuple) -> tuple[BatchAugmenter, float]:
+    """The batched augmenter of augmentation `family` and the evaluation view's centre crop."""
     first, eval_crop = None, 1.0
-    if cfg.augmentation == "simclr":
-        spec = simclr_spec(size, color_strength=cfg.color_strength, blur=cfg.blur, crop_scale=cfg.crop_scale,
+    if family == "simclr":
+        spec = simclr_spec(size, color_strength=cfg.color_strength, blur=cfg.blur, crop_scale=crop_scale,
                            mean=mean, std=std)
-    elif cfg.augmentation == "pica":
+    elif family == "crop":
+        spec = crop_spec(size, crop_scale, mean, std)
+    elif family == "pica":
         opts = cfg.pica_augmentation
         resize = int(opts.resize) or size
         if resize < size:
             raise ConfigError(f"pica_augmentation.resize ({resize}) must be at least image_size ({size}).")
-        first, spec = pica_specs(size, resize=resize, crop_scale=cfg.crop_scale, flip=opts.flip, mean=mean, std=std)
+        first, spec = pica_specs(size, resize=resize, crop_scale=crop_scale, flip=opts.flip, mean=mean, std=std)
         eval_crop = size / resize
-    elif cfg.augmentation == "iic":       # sides in pixels of the stored images
+    elif family == "iic":       # sides in pixels of the stored images
         opts = cfg.iic_augmentation
         side = raw.data.shape[2]
         crop = int(opts.crop) or side
@@ -330,7 +335,7 @@ def _batch_augmenter(cfg, raw: RawData, size: int, channels: int, views: int, me
                                 tf1_center_p=opts.tf1_center_p, rotation=opts.rotation, flip=opts.flip)
         eval_crop = crop / side
     else:
-        spec = digits_spec(size, crop_scale=cfg.crop_scale, mean=mean, std=std)
+        spec = digits_spec(size, crop_scale=crop_scale, mean=mean, std=std)
     return BatchAugmenter(spec, channels, views, first_spec=first), eval_crop
 
 

@@ -11,12 +11,13 @@ the image is taken, else the centre crop of the whole image with the aspect rati
 offsets fall on the stored images' pixel grid as torchvision's do (at 32 px the grid spreads the crop centres
 about 4% wider than continuous offsets would). The colour jitter draws torchvision's factors and the hue shift goes
 through HSV as torchvision's. Differences from the torchvision per-image pipeline (datasets/transforms.py), with
-the same parameter distributions and image statistics (tested in tests/test_fast_training.py):
-- colour jitter applies brightness, contrast, saturation, hue in this fixed order (torchvision draws a random
-  order per image). Brightness, contrast and saturation are linear maps that commute (up to the clamps to [0, 1]
-  between them); only the hue shift (through HSV, as torchvision) depends on the order;
-- crop, flip and rotation are one bilinear `grid_sample` (one resampling instead of two), without PIL's rounding
-  of every intermediate image to 8 bits.
+the same parameter distributions and image statistics (tested in tests/test_fast_training.py and
+tests/test_augmentation_paths.py):
+- colour jitter applies the four factors in a random order per image, as torchvision (`jitter_order: fixed`
+  keeps brightness, contrast, saturation, hue);
+- crop, flip and a bilinear rotation are one bilinear `grid_sample` (one resampling instead of PIL's crop and
+  resize), without PIL's rounding of every intermediate image to 8 bits; IIC's rotation is nearest-neighbour on
+  the whole image first, then the crop (`rotation_interpolation: nearest`), as its torchvision pipeline.
 """
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ class AugmentSpec:
     crop_sides: tuple[float, ...] = ()
     crop_center_p: float = 0.0         # probability that a fixed-size crop is centred (IIC's RandomChoice[Random, Center])
     rotation_p: float = 1.0            # probability that the rotation is applied (RandomApply)
+    # The order of the four jitter factors: "random" (a permutation per image, as torchvision's ColorJitter) or
+    # "fixed" (brightness, contrast, saturation, hue).
+    jitter_order: str = "random"
+    # "bilinear": the rotation is part of the one crop resampling; "nearest": the whole image is rotated first
+    # with nearest-neighbour sampling (torchvision's RandomRotation), then cropped and resized.
+    rotation_interpolation: str = "bilinear"
 
 
 def simclr_spec(image_size: int, *, color_strength: float, blur: bool, crop_scale=(0.08, 1.0),
@@ -67,10 +74,11 @@ def simclr_spec(image_size: int, *, color_strength: float, blur: bool, crop_scal
 
 def digits_spec(image_size: int, *, crop_scale=(0.5, 1.0), mean=(), std=()) -> AugmentSpec:
     """Small grey digits: no flips (a mirrored 2 is not a 2), small rotations, crops that keep most of the
-    stroke, brightness/contrast jitter and light pixel noise."""
+    stroke, brightness/contrast jitter (brightness first: the framework's own pipeline, not a paper's, kept as
+    its benchmarks were measured) and light pixel noise."""
     return AugmentSpec(image_size, tuple(crop_scale), crop_ratio=(0.8, 1.25), flip_p=0.0, rotation_deg=15.0,
                        jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, grayscale_p=0.0,
-                       noise_std=0.05, mean=tuple(mean), std=tuple(std))
+                       noise_std=0.05, mean=tuple(mean), std=tuple(std), jitter_order="fixed")
 
 
 def pica_specs(image_size: int, *, resize: int, crop_scale=(0.2, 1.0), flip: bool = True, mean=(), std=()
@@ -101,7 +109,7 @@ def iic_specs(image_size: int, *, crop: float, tf2_crops=(), tf1_center_p: float
                       grayscale_p=0.0)
     tf2 = AugmentSpec(image_size, crop_sides=tuple(tf2_crops) or (crop,), flip_p=0.5 if flip else 0.0,
                       rotation_deg=rotation, rotation_p=0.5, jitter_p=1.0, brightness=0.4, contrast=0.4,
-                      saturation=0.4, hue=0.125, grayscale_p=0.0)
+                      saturation=0.4, hue=0.125, grayscale_p=0.0, rotation_interpolation="nearest")
     return tf1, tf2
 
 
@@ -203,11 +211,27 @@ def draw_params(spec: AugmentSpec, n: int, gen: torch.Generator, *, size: tuple[
             cx, cy = torch.where(centred, 0.0, cx), torch.where(centred, 0.0, cy)
     if spec.rotation_p < 1.0 and spec.rotation_deg:
         angle = torch.where(torch.rand(n, generator=gen) < spec.rotation_p, angle, 0.0)
-    return dict(w=w, h=h, cx=cx, cy=cy, flip=flip, angle=angle, jitter=jitter, brightness=b, contrast=c,
-                saturation=s, hue=hue, gray=gray, blur=blur, sigma=sigma)
+    params = dict(w=w, h=h, cx=cx, cy=cy, flip=flip, angle=angle, jitter=jitter, brightness=b, contrast=c,
+                  saturation=s, hue=hue, gray=gray, blur=blur, sigma=sigma)
+    if spec.jitter_p and spec.jitter_order == "random":   # torchvision: torch.randperm(4) per image
+        order = torch.rand((n, 4), generator=gen).argsort(dim=1).float()
+        params.update({f"jitter_op{slot}": order[:, slot] for slot in range(4)})
+    return params
 
 
-def _geometry(x: Tensor, p: dict[str, Tensor], size: int) -> Tensor:
+def _rotate_nearest(x: Tensor, angle: Tensor) -> Tensor:
+    """The whole image rotated by `angle` (radians) about its centre with nearest-neighbour sampling and black
+    corners, same size (torchvision's RandomRotation)."""
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], dim=1), torch.stack([sin, cos, zero], dim=1)], dim=1).to(x)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def _geometry(x: Tensor, p: dict[str, Tensor], size: int, rotation: str = "bilinear") -> Tensor:
+    if rotation == "nearest":                           # rotate first, then crop without the rotation
+        x = _rotate_nearest(x, p["angle"])
+        p = dict(p, angle=torch.zeros_like(p["angle"]))
     cos, sin = p["angle"].cos(), p["angle"].sin()
     sx = p["w"] * torch.where(p["flip"], -1.0, 1.0)
     theta = torch.stack([
@@ -255,18 +279,33 @@ def _hue_shift(x: Tensor, shift: Tensor) -> Tensor:
     return torch.stack(channels, dim=1)
 
 
+def _jitter_ops(x: Tensor, p: dict[str, Tensor], spec: AugmentSpec) -> list:
+    """The jitter's four operations in torchvision's numbering (0 brightness, 1 contrast, 2 saturation, 3 hue);
+    None for an operation the spec does not use (or that has no effect on grey images)."""
+    rgb = x.shape[1] == 3
+    return [
+        (lambda y: _blend(y, torch.zeros_like(y), p["brightness"].to(y))) if spec.brightness else None,
+        (lambda y: _blend(y, _grey(y).mean(dim=(1, 2, 3), keepdim=True).expand_as(y), p["contrast"].to(y)))
+        if spec.contrast else None,
+        (lambda y: _blend(y, _grey(y).expand_as(y), p["saturation"].to(y))) if rgb and spec.saturation else None,
+        (lambda y: _hue_shift(y, p["hue"])) if rgb and spec.hue else None,
+    ]
+
+
 def _colour(x: Tensor, p: dict[str, Tensor], spec: AugmentSpec) -> Tensor:
     on = p["jitter"].view(-1, 1, 1, 1)
+    ops = _jitter_ops(x, p, spec)
     y = x
-    if spec.brightness:
-        y = _blend(y, torch.zeros_like(y), p["brightness"].to(x))
-    if spec.contrast:
-        mean = _grey(y).mean(dim=(1, 2, 3), keepdim=True)
-        y = _blend(y, mean.expand_as(y), p["contrast"].to(x))
-    if x.shape[1] == 3 and spec.saturation:
-        y = _blend(y, _grey(y).expand_as(y), p["saturation"].to(x))
-    if x.shape[1] == 3 and spec.hue:
-        y = _hue_shift(y, p["hue"])
+    if "jitter_op0" in p:              # a random order per image: slot k applies each image's k-th operation
+        for slot in range(4):
+            chosen = p[f"jitter_op{slot}"].view(-1, 1, 1, 1)
+            for index, op in enumerate(ops):
+                if op is not None:
+                    y = torch.where(chosen == index, op(y), y)
+    else:
+        for op in ops:
+            if op is not None:
+                y = op(y)
     x = torch.where(on, y, x)
     if x.shape[1] == 3 and spec.grayscale_p:
         x = torch.where(p["gray"].view(-1, 1, 1, 1), _grey(x).expand_as(x), x)
@@ -329,7 +368,7 @@ def augment_batch(x: Tensor, spec: AugmentSpec, params: dict[str, Tensor], *, no
     may live on the host or on x's device (they are moved once, packed, when they are not there yet)."""
     if any(v.device != x.device for v in params.values()):
         params = params_to_device(params, x.device)
-    x = _geometry(x, params, spec.image_size)
+    x = _geometry(x, params, spec.image_size, spec.rotation_interpolation if spec.rotation_deg else "bilinear")
     if spec.jitter_p or spec.grayscale_p:
         x = _colour(x, params, spec)
     if spec.blur_p:

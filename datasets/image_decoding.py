@@ -157,7 +157,7 @@ def decode_images(
     workers = workers or min(8, os.cpu_count() or 1)
     indices = range(first_index + 1, len(sources))
     with tqdm(total=len(sources), initial=first_index + 1, desc=desc, unit="img",
-              disable=len(sources) < _PROGRESS_FROM, leave=False) as bar:
+              disable=True if len(sources) < _PROGRESS_FROM else None, leave=False) as bar:   # None: a terminal only
         if workers <= 1:
             for i in indices:
                 work(i)

@@ -24,9 +24,11 @@ from engine.seeding import derive_seed
 
 class ShuffledBatches:
     """Batches of `batch_size // world_size` indices of this rank from a per-epoch permutation (DistributedSampler
-    with shuffle, seed `seed` + epoch, drop_last), the last partial batch dropped."""
+    with shuffle, seed `seed` + epoch, drop_last), the last partial batch dropped. `keep_last`: the last partial
+    global batch is kept as well (split equally over the ranks: at most world_size - 1 samples are left out)."""
 
-    def __init__(self, num_samples: int, *, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+    def __init__(self, num_samples: int, *, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 keep_last: bool = False):
         if batch_size % world_size:
             raise ConfigError(f"batch_size {batch_size} must be divisible by the number of processes ({world_size}).")
         self.sampler = DistributedSampler(range(num_samples), num_replicas=world_size, rank=rank, shuffle=True,
@@ -34,7 +36,7 @@ class ShuffledBatches:
         local = batch_size // world_size
         if len(self.sampler) < local:
             raise ConfigError(f"batch_size {batch_size} is larger than the training set ({num_samples} samples).")
-        self.batches = BatchSampler(self.sampler, local, drop_last=True)
+        self.batches = BatchSampler(self.sampler, local, drop_last=not keep_last)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(int(epoch))

@@ -54,8 +54,8 @@ def _normalize(mean: Sequence[float] | float | None, std: Sequence[float] | floa
     std = [float(std)] * channels if isinstance(std, (int, float)) else [float(s) for s in std]
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"mean and std need {channels} value(s) for {channels}-channel input, got {mean}, {std}")
-    if any(s <= 0 for s in std):
-        raise ValueError(f"std must be positive, got {std}")
+    if any(s == 0 for s in std):
+        raise ValueError(f"std must not be 0, got {std}")
     return [transforms.Normalize(mean, std)]
 
 
@@ -110,6 +110,18 @@ def simclr_train_transform(
     return transforms.Compose(steps)
 
 
+def crop_train_transform(image_size: int, *, crop_scale: tuple[float, float], channels: int = 1,
+                         mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None
+                         ) -> transforms.Compose:
+    """RandomResizedCrop(image_size, scale=crop_scale) of the stored image (PIL, antialiased) -> ToTensor ->
+    optional Normalize: L2C's Omniglot training pipeline, from the 105-px originals."""
+    if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {crop_scale}")
+    steps = [ArrayToPIL(channels), transforms.RandomResizedCrop(image_size, scale=tuple(crop_scale)),
+             transforms.ToTensor()]
+    return transforms.Compose(steps + _normalize(mean, std, channels))
+
+
 def eval_transform(
     image_size: int,
     *,
@@ -126,4 +138,4 @@ def eval_transform(
     return transforms.Compose(steps)
 
 
-__all__ = ["ArrayToPIL", "simclr_train_transform", "eval_transform"]
+__all__ = ["ArrayToPIL", "crop_train_transform", "simclr_train_transform", "eval_transform"]

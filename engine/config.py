@@ -222,6 +222,7 @@ COMMON_CHECKS: dict[str, Check] = {
     "num_workers": at_least(0, integer=True),
     "seed": in_range(0, 2 ** 32, high_open=True, integer=True),
     "device": one_of("auto", "cpu", "cuda"),
+    "amp_dtype": one_of("bfloat16", "float16"),
     "channels_last": one_of("auto", True, False),
     "log_every": at_least(1, integer=True),
     "eval_every": at_least(1, integer=True),

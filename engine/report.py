@@ -173,6 +173,29 @@ def write_report(md_path: Path, csv_path: Path, preset: str, runs: list[SeedRun]
     return rows
 
 
+def label_informed_best(metrics_path: Path) -> dict | None:
+    """The evaluation with the highest ACC of any head over the run's evaluations (metrics.jsonl), as the official
+    PICA and IIC code keeps its best-accuracy checkpoint: {"epoch", "head", "acc", "nmi", "ari"}. It is chosen with
+    the labels, so it is an analysis number, never the result. None without evaluations of heads."""
+    path = Path(metrics_path)
+    if not path.is_file():
+        return None
+    best = None
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        metrics = record.get("metrics") or {}
+        heads = sorted({k.split("/", 1)[1].split(".")[0] for k in metrics if k.startswith("eval/heads/")})
+        for head in heads:
+            acc = metrics.get(f"eval/heads/{head}.acc")
+            if acc is not None and (best is None or acc > best["acc"]):
+                best = {"epoch": record.get("epoch"), "head": int(head), "acc": acc,
+                        "nmi": metrics.get(f"eval/heads/{head}.nmi"), "ari": metrics.get(f"eval/heads/{head}.ari")}
+    return best
+
+
 def read_results(run_dir: Path) -> dict | None:
     """results.json of a finished run, or None when the run has not finished (or the file is unreadable)."""
     path = Path(run_dir) / "results.json"

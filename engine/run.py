@@ -34,6 +34,7 @@ from .divclust import interval_to_reach, lowest_threshold
 from .evaluate import Evaluator
 from .logger import RunLogger
 from .preflight import check_step_memory
+from .report import label_informed_best
 from .seeding import seed_everything
 from .trainer import Trainer
 
@@ -275,7 +276,7 @@ def write_results(results: dict, run_dir: Path | None) -> dict:
         "timing": results.get("timing"),
         "config": str(run_dir / "config.yaml") if run_dir else None,
     }
-    for key in ("divclust",):
+    for key in ("divclust", "label_informed"):
         if results.get(key) is not None:
             shaped[key] = results[key]
     if run_dir is not None and dist_utils.is_main_process():
@@ -342,6 +343,15 @@ def run(cfg: Config | None = None, *, argv: list[str] | None = None, start: Star
             results = dict(results, epochs=trainer.epoch, step=trainer.step, seconds=0.0)
         else:
             results = trainer.fit(evaluator)
+            best = label_informed_best(run_dir / "metrics.jsonl") if dist_utils.is_main_process() else None
+            if best is not None:
+                results["label_informed"] = {"best_accuracy_epoch": best, "note": "the evaluation with the highest "
+                                             "ACC of any head, chosen with the labels (as the official PICA and IIC "
+                                             "code keep their best-accuracy checkpoint): analysis only, not the "
+                                             "result"}
+                logger.info(f"label-informed analysis (not the result): the best accuracy of any head over the "
+                            f"evaluations was ACC {best['acc']:.4f} (head {best['head']}, epoch {best['epoch']}); "
+                            f"the result is the final epoch's")
         shaped = write_results(results, run_dir)
         logger.info(f"done: results in {run_dir / 'results.json'}", "green")
         return shaped
@@ -359,9 +369,10 @@ def build(cfg: Config, logger: RunLogger | None = None, start: Start | None = No
     device = torch.device("cuda" if device_is_cuda(cfg) else "cpu")
     raw = datasets.read_raw(cfg, request)
     data = datasets.build(cfg, request, device=device, raw=raw)
-    where = "" if (cfg.augmentation == "none" and request.train_spec is None) or data.info.kind != "image" else (
+    family, settings = request.augmentation or (cfg.augmentation, {})
+    where = "" if family == "none" or data.info.kind != "image" else (
         " on the device (batched)" if data.augment_on == "device" else " on the loader (per image)")
-    augmentation = cfg.augmentation if request.train_spec is None else request.train_spec_name
+    augmentation = family + (f" {settings} (set by method {cfg.method})" if request.augmentation else "")
     logger.info(f"data: {cfg.dataset} - {data.description} ({len(data.eval)} samples, {data.num_classes} classes; "
                 f"augmentation {augmentation}{where})")
     torch.manual_seed(int(cfg.seed))

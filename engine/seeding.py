@@ -24,6 +24,8 @@ PURPOSES = {
     "kingdra_sets": 5 * 104_729 + 13,   # Kingdra: the shuffles of the balanced pseudo-label sets, per iteration
     "pair_scoring": 6 * 104_729 + 13,   # L2C: the batches that score a similarity network (analysis)
     "extra_stream": 7 * 104_729 + 13,   # the shuffled order of a method's extra data stream, per epoch
+    "subhead_selection": 8 * 104_729 + 13,   # IIC: the augmentations of the eval-mode sub-head selection pass
+    "shuffle_bn": 9 * 104_729 + 13,     # ProPos family: the permutation of the target's batch, per (step, direction)
 }
 
 

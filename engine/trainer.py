@@ -8,8 +8,8 @@ batch -> augmented views (device) -> method.training_step -> + DivClust loss -> 
 scheduler step -> method.after_optimizer_step -> logs (reduced on device, read back every `log_every` steps).
 
 Fast paths (README "Fast training"):
-- precision: with `amp` on CUDA, the method's backbone network(s) (`backbone_names`) run under bf16 autocast and
-  return fp32; projectors, heads, softmax, losses, entropies and mutual information run in fp32. (Autocast around
+- precision: with `amp` on CUDA, the method's backbone network(s) (`backbone_names`) run under autocast
+  (`amp_dtype`: bf16, or fp16 with a gradient scaler) and return fp32; projectors, heads, softmax, losses, entropies and mutual information run in fp32. (Autocast around
   the whole step would also run the losses' matmuls in bf16: CC's similarities, IIC's joint, PICA's PUI.)
   A method that declares no backbone gets autocast around its whole training step.
 - layout: `channels_last` (auto: on for CUDA) converts the method's 4-D weights and every image batch;
@@ -59,21 +59,22 @@ class CompileFailed(ConfigError):
 COMPILE_BACKEND = "inductor"
 
 
-def _bf16_forward(self, *args, **kwargs):
-    """Forward of a backbone under bf16 autocast; a floating-point result is returned in fp32, so the projectors,
-    heads and losses after it compute in fp32."""
-    with torch.autocast(self._autocast_device_type, dtype=torch.bfloat16):
+def _autocast_forward(self, *args, **kwargs):
+    """Forward of a backbone under autocast; a floating-point result is returned in fp32, so the projectors, heads
+    and losses after it compute in fp32."""
+    with torch.autocast(self._autocast_device_type, dtype=self._autocast_dtype):
         out = type(self).forward(self, *args, **kwargs)
     return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
 
 
-def autocast_backbones(modules: list[tuple[str, torch.nn.Module]], device_type: str) -> None:
-    """Run each module's forward under bf16 autocast on `device_type` (an instance attribute bound to the module, so
-    state_dict keys, deepcopy and torch.compile are unaffected)."""
+def autocast_backbones(modules: list[tuple[str, torch.nn.Module]], device_type: str,
+                       dtype: torch.dtype = torch.bfloat16) -> None:
+    """Run each module's forward under autocast to `dtype` on `device_type` (an instance attribute bound to the
+    module, so state_dict keys, deepcopy and torch.compile are unaffected)."""
     for _, module in modules:
         if "forward" not in module.__dict__:
-            module._autocast_device_type = device_type
-            module.forward = types.MethodType(_bf16_forward, module)
+            module._autocast_device_type, module._autocast_dtype = device_type, dtype
+            module.forward = types.MethodType(_autocast_forward, module)
 
 
 def resolve_channels_last(setting, device: torch.device) -> bool:
@@ -200,14 +201,17 @@ class Trainer:
         self.backbones = self.method.backbone_modules()
         names = ", ".join(name for name, _ in self.backbones) or "none"
         self.amp = bool(cfg.amp) and self.device.type == "cuda"
+        self.amp_dtype = torch.float16 if cfg.amp_dtype == "float16" else torch.bfloat16
         self.whole_step_autocast = False
         if self.amp:
             if self.backbones:
-                autocast_backbones(self.backbones, self.device.type)
+                autocast_backbones(self.backbones, self.device.type, self.amp_dtype)
             else:
                 self.whole_step_autocast = True
-                self.log.info(f"amp: method {cfg.method} declares no backbone, so bf16 autocast covers its whole "
-                              f"training step (losses included)")
+                self.log.info(f"amp: method {cfg.method} declares no backbone, so {cfg.amp_dtype} autocast covers "
+                              f"its whole training step (losses included)")
+        # float16 needs loss scaling (the official DivClust runs: autocast + GradScaler); bfloat16 does not.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
         if cfg.compile:
             if not self.backbones:
                 raise CompileFailed(f"--compile true compiles the method's backbone network(s), and method "
@@ -220,8 +224,9 @@ class Trainer:
                                     f"{err}). Run without --compile (the default).") from err
         precision = "fp32"
         if self.amp:
-            precision = ("bf16 autocast on the whole step" if self.whole_step_autocast
-                         else "bf16 autocast on the backbone(s), the rest in fp32")
+            name = "bf16" if self.amp_dtype == torch.bfloat16 else "fp16 (with a gradient scaler)"
+            precision = (f"{name} autocast on the whole step" if self.whole_step_autocast
+                         else f"{name} autocast on the backbone(s), the rest in fp32")
         backend = getattr(COMPILE_BACKEND, "__name__", COMPILE_BACKEND)
         self.log.info(f"precision and layout: backbone(s) {names}; {precision}; channels-last "
                       f"{'on' if self.channels_last else 'off'}; torch.compile "
@@ -246,7 +251,7 @@ class Trainer:
         """Context for the forward passes outside the training step (evaluation, k-means refreshes). The backbones
         carry their own bf16 autocast, so this is a no-op except for methods without one."""
         if self.whole_step_autocast:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=self.amp_dtype)
         return nullcontext()
 
     # ----- checkpoints -----------------------------------------------------------------------------------------
@@ -256,6 +261,7 @@ class Trainer:
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "divclust": self.divclust.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
@@ -271,6 +277,8 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
             self.divclust.load_state_dict(state["divclust"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.best = dict(state["best"])
@@ -301,7 +309,7 @@ class Trainer:
         loss terms as detached fp32 0-d tensors on the device: nothing is read back to the host here."""
         cfg, method = self.cfg, self.method
         with self._compile_errors():
-            with (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.whole_step_autocast
+            with (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.whole_step_autocast
                   else nullcontext()):
                 out = self.model(inputs, self.step)
             loss = out["loss"].float()
@@ -312,10 +320,12 @@ class Trainer:
                 loss = loss + div_loss
                 terms.update(div_logs)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
         if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         terms["loss"] = loss.detach()
         self.step += 1
@@ -343,7 +353,7 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
-                       dynamic_ncols=True, unit="step")
+                       dynamic_ncols=True, unit="step", disable=None)   # None: off when stderr is no terminal
         start = time.perf_counter()
         for (stream, loader), limit in zip(self.streams, self.stream_steps):
             prefix = f"{stream}_" if stream else ""

@@ -58,7 +58,7 @@ class CC(ClusteringMethod):
 
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
-        self.backbone, dim = build_backbone(cfg.backbone, info)
+        self.backbone, dim = build_backbone(cfg.backbone, info, zero_init_residual=cfg.zero_init_residual)
         hidden = cfg.cc.hidden_dim or dim
         self.instance_projector = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True),
                                                 nn.Linear(hidden, cfg.cc.feature_dim))

@@ -97,10 +97,13 @@ class RunContext:
     # ----- one pass over a dataset --------------------------------------------------------------------------------
     @torch.no_grad()
     def embed(self, dataset: Dataset, fn: Callable[[Tensor], Tensor | dict[str, Tensor]], *,
-              batch_size: int | None = None, ranks: str = "gather", mode: str = "eval") -> Tensor | dict[str, Tensor]:
+              batch_size: int | None = None, ranks: str = "gather", mode: str = "eval",
+              augment_seed: int | None = None) -> Tensor | dict[str, Tensor]:
         """`fn(x)` over every sample of `dataset` (x: its evaluation view on the device, batches of
         `batch_size` (default eval_batch_size) in dataset order), with the method in eval mode (`mode="train"`:
-        train mode, e.g. BatchNorm on batch statistics) under the precision scope, without gradients.
+        train mode, e.g. BatchNorm on batch statistics) under the precision scope, without gradients. With
+        `augment_seed` (and `dataset` = `data.train`), fn gets the list of the training views of each batch
+        instead, augmented with a generator seeded with it.
 
         fn returns (B, ...) tensors, or a dict of them; the rows are concatenated in dataset order. Under DDP every
         rank must call it (rank 0's buffers, e.g. BatchNorm statistics, are used on every rank) and `ranks` says
@@ -121,10 +124,13 @@ class RunContext:
         was_training = self.method.training
         self.method.train(mode == "train")
         chunks: list = []
+        generator = torch.Generator().manual_seed(int(augment_seed)) if augment_seed is not None else None
         try:
             for batch in loader:
+                x = (self.data.eval_view(batch, self.device) if generator is None else
+                     self.data.train_views(batch, self.device, generator))
                 with self.autocast():
-                    chunks.append(fn(self.data.eval_view(batch, self.device)))
+                    chunks.append(fn(x))
         finally:
             self.method.train(was_training)
         rows = _concat(chunks)

@@ -21,9 +21,12 @@ variance do not change when a batch is repeated (only the unbiased running-varia
 gathered from every DDP rank. The official step batch is r * B.
 
 Evaluation: `cluster_probs` returns every head-B sub-head as a separate head, so the evaluator reports each one
-and their mean; `select_head()` is the sub-head with the lowest loss summed over the latest head-B pass (label-free,
-the paper's "lowest-loss sub-head"). The official analysis script recomputes that loss in eval mode over the head-B
-data after training; here it is the training loss of the pass, without an extra pass over the data.
+and their mean; `select_head(ctx)` is the paper's "lowest-loss sub-head", chosen without labels as the official
+analysis script chooses it: the IIC loss of every head-B sub-head summed over a fresh pass of the training data
+(tf1 and tf2 views, batches of batch_size in order) with the network in eval mode (`iic.select_by: eval_loss`);
+`train_loss` picks by the losses summed over the latest head-B training pass instead (no extra pass).
+The paper's table also comes from the epoch with the best accuracy, which uses labels: the run's results.json
+reports the final epoch, and the best-accuracy epoch only as `label_informed` analysis.
 
 DivClust (`--clusterings C`): head B is C parallel K-way heads with no sub-heads (so C > 1 needs
 `--iic.sub_heads 1`); head A, when present, stays single (with its sub-heads), as PICA's over-clustering heads.
@@ -36,19 +39,24 @@ MNIST (a design decision): the official greyscale script calls `net(imgs)` witho
 pass trains head B again (head A is never trained). The `iic_mnist` preset follows the intended schedule
 (B x2 then A x1 with head A really trained).
 
-Other differences from the official code: shuffled loaders with `drop_last=True` (official: sequential, last batch
-kept); no rounding of the grey image to 8 bits; augmentations from datasets/batch_augment.py (bilinear
-`grid_sample`, not PIL); heads that are not trained in a pass get zero gradients (not None), as the official
+Loaders: the official ones are sequential and unshuffled and keep the last partial batch (`iic.batch_order:
+sequential`, the presets' default); `shuffled` draws a permutation per epoch and drops the last partial batch.
+
+Other differences from the official code: no rounding of the grey image to 8 bits; augmentations from
+datasets/batch_augment.py (one `grid_sample` for crop and resize instead of PIL's two steps); heads that are not trained in a pass get zero gradients (not None), as the official
 `zero_grad()` of PyTorch 1.0 left them, so Adam keeps moving them by their decaying momentum exactly as there
 (this also keeps every parameter in the graph, which DistributedDataParallel requires); the final epoch is
 reported (no best-ACC checkpoint).
 """
+from __future__ import annotations
+
 import dataclasses
 
 import torch
 from torch import Tensor, nn
 
 from datasets import DataRequest
+from datasets.samplers import SequentialBatches
 from engine.config import ConfigError, Key, Section, at_least, non_negative, one_of
 from engine.distributed import gather_with_grad
 from losses.iic import iic_loss
@@ -74,6 +82,12 @@ SECTION = Section("iic", "IIC (Invariant Information Clustering, Ji et al. ICCV 
                           "(official CIFAR-10, MNIST)", shape=True),
     "sobel": Key(True, "fixed Sobel front end on the ITU-R 601 luma of the [0, 1] image (official MNIST: false)",
                  shape=True),
+    "select_by": Key("eval_loss", "the reported head-B sub-head: eval_loss (lowest IIC loss over an eval-mode pass "
+                                  "of the training data, as the official analysis) or train_loss (lowest loss over "
+                                  "the latest head-B training pass)", one_of("eval_loss", "train_loss")),
+    "batch_order": Key("sequential", "training batches: sequential (the dataset in order, last partial batch kept, "
+                                     "as the official loaders) or shuffled (a permutation per epoch, last partial "
+                                     "batch dropped)", one_of("sequential", "shuffled")),
 }, owners=("iic",))
 
 
@@ -99,6 +113,10 @@ class IIC(LowestLossHeadSelection, ClusteringMethod):
 
     @classmethod
     def check_config(cls, cfg) -> None:
+        if cfg.iic.batch_order == "sequential" and cfg.steps_per_epoch:
+            raise ConfigError(f"iic.batch_order sequential with steps_per_epoch {cfg.steps_per_epoch} would train on "
+                              f"the same first {cfg.steps_per_epoch} batches in every epoch; use --iic.batch_order "
+                              f"shuffled (or a full pass per epoch).")
         if int(cfg.clusterings) > 1 and int(cfg.iic.sub_heads) != 1:
             raise ConfigError(
                 f"IIC with --clusterings {cfg.clusterings} is DivClust-IIC: head B becomes {cfg.clusterings} "
@@ -116,7 +134,7 @@ class IIC(LowestLossHeadSelection, ClusteringMethod):
                               "--backbone mlp for vector data.")
         self.sobel = SobelFilter("luma") if c.sobel else None
         trunk_info = dataclasses.replace(info, channels=2) if c.sobel else info
-        self.backbone, dim = build_backbone(cfg.backbone, trunk_info)
+        self.backbone, dim = build_backbone(cfg.backbone, trunk_info, zero_init_residual=cfg.zero_init_residual)
         k_a = int(c.overcluster_k)
         self.head_a = _sub_heads(dim, k_a, int(c.sub_heads)) if k_a else None
         self.head_b = _sub_heads(dim, info.num_clusters, int(c.sub_heads) * self.clusterings)
@@ -128,6 +146,39 @@ class IIC(LowestLossHeadSelection, ClusteringMethod):
         self.active_head = "B"
         # Loss of every head-B sub-head summed over the latest head-B pass (label-free sub-head selection).
         self.init_head_loss(self.head_b.out.weight.shape[0])
+
+    def batch_sampler(self, ctx):
+        if self.cfg.iic.batch_order != "sequential":
+            return None
+        return SequentialBatches(len(ctx.data.train), batch_size=int(self.cfg.batch_size), rank=ctx.rank,
+                                 world_size=ctx.world_size)
+
+    # ----- label-free sub-head selection --------------------------------------------------------------------------
+    @torch.no_grad()
+    def eval_pass_losses(self, ctx) -> Tensor:
+        """(S,) IIC loss of every head-B sub-head summed over an eval-mode pass of the training data: tf1 and the
+        tf2 views of each batch of batch_size, in dataset order, augmented with a generator seeded per epoch."""
+        lamb = float(self.cfg.iic.lamb)
+
+        def batch_losses(views: list[Tensor]) -> Tensor:
+            tf1, *tf2 = views
+            p1 = self.head_b(self._trunk(tf1))                           # (S, b, k)
+            p2 = self.head_b(self._trunk(torch.cat(tf2, dim=0)))         # (S, r*b, k)
+            return torch.stack([iic_loss(p1[s].repeat(len(tf2), 1), p2[s], lamb=lamb)
+                                for s in range(p1.shape[0])])[None]      # (1, S)
+
+        rows = ctx.embed(ctx.data.train, batch_losses, batch_size=int(self.cfg.batch_size),
+                         augment_seed=ctx.seed_for("subhead_selection", ctx.epoch))
+        return rows.sum(dim=0)
+
+    def select_head(self, ctx=None) -> int | None:
+        if self.head_b.out.weight.shape[0] == 1:
+            return None
+        if self.cfg.iic.select_by == "train_loss" or ctx is None:
+            return super().select_head(ctx)
+        losses = self.eval_pass_losses(ctx)
+        ctx.log_metrics({f"eval/subhead_loss/{s}": float(v) for s, v in enumerate(losses.tolist())})
+        return int(torch.argmin(losses))
 
     # ----- schedule ----------------------------------------------------------------------------------------------
     def head_for_epoch(self, epoch: int) -> str:

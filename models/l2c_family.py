@@ -6,14 +6,14 @@
   steps never see the labels unless the method is a supervised stage.
 * `l2c.classes_per_batch`: the official `RandSubClassSampler` (datasets.samplers.ClassBalancedBatchSampler). It
   reads labels, so only supervised stages may use it.
-* `l2c.crop_scale`: RandomResizedCrop(scale) as the only training augmentation (the official Omniglot pipeline),
-  batched on the device, in place of the run's augmentation (which must be `none`).
+* `l2c.crop_scale`: RandomResizedCrop(scale) as the only training augmentation (the official Omniglot pipeline, the
+  `crop` augmentation family: per image with PIL on the CPU, batched on CUDA), in place of the run's augmentation
+  (which must be `none`).
 """
 from __future__ import annotations
 
 from datasets import DataRequest
-from datasets.batch_augment import crop_spec
-from datasets.samplers import ClassBalancedBatchSampler
+from datasets.samplers import ClassBalancedBatchSampler, ShuffledBatches
 from engine.config import ConfigError, Key, Section, at_least, each, one_of, positive, unit_interval_pair
 
 TARGETS = ("labels", "spn")
@@ -53,17 +53,20 @@ def check_l2c_config(cfg, *, supervised: bool) -> None:
 
 def l2c_data_request(cfg, views: int = 1) -> DataRequest:
     opts = cfg.l2c
-    spec = (crop_spec(int(cfg.image_size), opts.crop_scale, cfg.normalize_mean, cfg.normalize_std)
-            if opts.crop_scale else None)
-    return DataRequest(views=views, classes=tuple(int(c) for c in opts.classes), train_spec=spec,
-                       train_spec_name=f"random resized crop, scale {list(opts.crop_scale)} (l2c.crop_scale)")
+    augmentation = ("crop", {"crop_scale": list(opts.crop_scale)}) if opts.crop_scale else None
+    return DataRequest(views=views, classes=tuple(int(c) for c in opts.classes), augmentation=augmentation)
 
 
-def class_balanced_batches(method, ctx) -> ClassBalancedBatchSampler | None:
-    """The class-balanced batch sampler of a supervised L2C stage (l2c.classes_per_batch), or None."""
+def class_balanced_batches(method, ctx, *, keep_last: bool = False):
+    """The class-balanced batch sampler of a supervised L2C stage (l2c.classes_per_batch); without it shuffled
+    batches, the last partial one kept when `keep_last` (the official clustering loaders), else None (the
+    trainer's shuffled batches)."""
     per_batch = int(method.cfg.l2c.classes_per_batch)
     if not per_batch:
-        return None
+        if not keep_last:
+            return None
+        return ShuffledBatches(len(ctx.data.train), batch_size=int(method.cfg.batch_size), rank=ctx.rank,
+                               world_size=ctx.world_size, seed=ctx.seed, keep_last=True)
     sampler = ClassBalancedBatchSampler(ctx.train_labels(), classes_per_batch=per_batch,
                                         batch_size=int(method.cfg.batch_size), seed=ctx.seed, rank=ctx.rank,
                                         world_size=ctx.world_size)

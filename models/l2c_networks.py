@@ -63,13 +63,15 @@ def vgg_s(info: DataInfo) -> tuple[nn.Module, int]:
     return nn.Sequential(*layers), 256 * side * side
 
 
-def build_trunk(name: str, info: DataInfo) -> tuple[nn.Module, int]:
+def build_trunk(name: str, info: DataInfo, *, zero_init_residual: bool = False) -> tuple[nn.Module, int]:
     """(module, d): `lenet` / `vgg_s` from this file, anything else from models.backbones."""
+    if name in LOCAL_TRUNKS and zero_init_residual:
+        raise ConfigError(f"zero_init_residual applies to the torchvision ResNets, not {name!r}; leave it false.")
     if name == "lenet":
         return lenet(info)
     if name == "vgg_s":
         return vgg_s(info)
-    return build_backbone(name, info)
+    return build_backbone(name, info, zero_init_residual=zero_init_residual)
 
 
 class SimilarityNetwork(nn.Module):

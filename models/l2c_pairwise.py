@@ -101,7 +101,7 @@ class PairwiseClustering(ClusteringMethod):
         opts = cfg.l2c
         # The flag that makes the supervised mode visible: the trainer passes labels only when this is True.
         self.reads_labels = opts.targets == "labels"
-        self.trunk, dim = build_trunk(cfg.backbone, info)
+        self.trunk, dim = build_trunk(cfg.backbone, info, zero_init_residual=cfg.zero_init_residual)
         hidden = int(opts.head_hidden)
         self.hidden = (nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
                        if hidden else nn.Identity())
@@ -124,7 +124,8 @@ class PairwiseClustering(ClusteringMethod):
         return [{"params": [p for name, p in self.named_parameters() if not name.startswith("spn.")]}]
 
     def batch_sampler(self, ctx):
-        return class_balanced_batches(self, ctx)
+        # the official clustering loaders shuffle and keep the last partial batch
+        return class_balanced_batches(self, ctx, keep_last=True)
 
     def on_train_start(self, ctx) -> None:
         if self.reads_labels:

@@ -30,9 +30,11 @@ Evaluation: cosine k-means (`kmeans_metric = "cosine"`, as the papers and the E-
 projector output (D = 256 in the paper settings), the features the papers cluster; there are no cluster heads
 (cluster_probs is None, DivClust is refused). The papers report the E-step's k-means after the last epoch; the
 framework's evaluation runs its own cosine k-means on the same features (seed `seed`, 10 restarts).
-Differences from the official code: DDP presence mask and gathers follow the official single-direction losses
-(q gathered with gradient, this rank's labels decide which clusters are present); the "shuffling BN" trick of
-the target forward is not implemented (a no-op on one GPU); the k-means is torch_clustering's (see its docs).
+BatchNorm as the official multi-GPU runs: `bn_groups` G normalises every BatchNorm over G groups of the global
+batch (ghost BatchNorm in one process, the ranks under DDP), and `shuffle_bn` permutes the target network's batch
+across the groups before its forward (the official shuffling BN), so one process reproduces the statistics of the
+official 4-GPU runs. DDP presence mask and gathers follow the official single-direction losses (q gathered with
+gradient, this rank's labels decide which clusters are present); the k-means is torch_clustering's.
 `data_resample` declares the pseudo-label-balanced batch sampler (datasets/samplers.py).
 """
 from __future__ import annotations
@@ -54,6 +56,7 @@ from losses.propos import gaussian_positive_sampling, propos_objective
 
 from .backbones import build_backbone
 from .base import ClusteringMethod, DataInfo
+from .ghost_batchnorm import rank_major_to_global, shuffled_rows, use_ghost_batchnorm
 
 
 def mlp_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -83,6 +86,11 @@ FAMILY_KEYS = {
                            at_least(1, integer=True)),
     "v2": Key(False, "official v2 path: EMA before the losses, both views in one batch, alignment 2 - 2 cos"),
     "data_resample": Key(False, "each epoch draws images with replacement, weighted by 1 / pseudo-cluster size"),
+    "bn_groups": Key(1, "BatchNorm statistics per group of the global batch, as the official runs' GPUs: in one "
+                        "process N groups (ghost BatchNorm); under DDP each rank is a group (bn_groups / processes "
+                        "groups per rank)", at_least(1, integer=True)),
+    "shuffle_bn": Key(True, "the target network's batch is shuffled across the BatchNorm groups (and ranks) before "
+                            "its forward and restored after, as the official shuffling BN (no effect with one group)"),
 }
 
 
@@ -108,6 +116,18 @@ class MomentumFamily(ClusteringMethod):
 
     backbone_names = ("online_backbone", "target_backbone")
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        opts, world = cfg[cls.section], dist_utils.world_size()
+        groups = int(opts.bn_groups)
+        if groups % world and world % groups:
+            raise ConfigError(f"{cls.section}.bn_groups {groups} does not fit {world} processes: use a multiple or a "
+                              f"divisor of the number of processes.")
+        per_rank = max(1, groups // world)
+        if (int(cfg.batch_size) // world) % per_rank:
+            raise ConfigError(f"{cls.section}.bn_groups {groups}: the batch of {int(cfg.batch_size) // world} per "
+                              f"process does not split into {per_rank} equal BatchNorm groups.")
+
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
         if info.kind != "image":
@@ -115,7 +135,7 @@ class MomentumFamily(ClusteringMethod):
                               f"vectors; methods for vectors: kingdra, or cc / pica / iic with --backbone mlp.")
         self.opts = cfg[self.section]
         opts = self.opts
-        backbone, dim = build_backbone(cfg.backbone, info)
+        backbone, dim = build_backbone(cfg.backbone, info, zero_init_residual=cfg.zero_init_residual)
         self.online_backbone = backbone
         self.online_projector = mlp_head(dim, opts.hidden_dim, opts.feature_dim)
         self.predictor = mlp_head(opts.feature_dim, opts.hidden_dim, opts.feature_dim)
@@ -127,6 +147,10 @@ class MomentumFamily(ClusteringMethod):
         self.target_projector = copy.deepcopy(self.online_projector)
         for p in self._target_parameters():
             p.requires_grad_(False)
+        # Ghost BatchNorm: the groups of this process (bn_groups GPUs of the official run over the processes here).
+        self.bn_groups = max(1, int(opts.bn_groups) // dist_utils.world_size())
+        if self.bn_groups > 1:
+            use_ghost_batchnorm(self, self.bn_groups)
         self.num_clusters = int(info.num_clusters)
         self.register_buffer("pseudo_labels", torch.zeros(info.num_samples, dtype=torch.long))
         # Number of trained epochs when the pseudo-labels were last computed; -1: never (before the first E-step).
@@ -278,12 +302,29 @@ class MomentumFamily(ClusteringMethod):
         if not self.opts.v2:
             self.ema_update(self.ema_momentum(step))
 
+    @torch.no_grad()
+    def _target_of(self, x: Tensor, step: int, direction: int) -> Tensor:
+        """The target projection of a batch; with several BatchNorm groups (or ranks) and `shuffle_bn`, the global
+        batch is permuted before the forward and restored after (MoCo's shuffling BN), the permutation drawn from
+        (seed, step, direction) so every rank draws the same one."""
+        world = dist_utils.world_size()
+        if not self.opts.shuffle_bn or (self.bn_groups == 1 and world == 1):
+            return self.target(x)
+        rank = dist_utils.rank()
+        everything = rank_major_to_global(gather(x), world)               # (world * b, ...) global batch order
+        generator = torch.Generator().manual_seed(derive_seed(int(self.cfg.seed), "shuffle_bn", 2 * step + direction))
+        order, inverse = (t.to(x.device, non_blocking=True) for t in shuffled_rows(everything.shape[0], generator))
+        projected = self.target(everything[order][rank::world])           # this rank's rows of the shuffled batch
+        projected = rank_major_to_global(gather(projected), world)        # the whole shuffled batch
+        return projected[inverse][rank::world]
+
     def _forward_views(self, x1: Tensor, x2: Tensor, step: int, sigma: float) -> dict:
         """q_v (raw online, fp32), k_v (normalised target), p_v (predictor on the noisy q_v) for both views."""
         ctx: dict = {}
         if self.opts.v2:  # both views in one batch of 2B through each network (official forward_v2)
+            # (ghost BatchNorm groups are strided, so group g of the 2B rows holds its rows of both views)
             q = self.online(torch.cat([x1, x2])).float()
-            k = self.target(torch.cat([x2, x1]))
+            k = self._target_of(torch.cat([x2, x1]), step, 0)
             ctx["q1"], ctx["q2"] = q.chunk(2)
             ctx["k2"], ctx["k1"] = k.chunk(2)
             noisy = torch.cat([self._sample(ctx["q1"], step, "noise_view_1", sigma),
@@ -294,7 +335,7 @@ class MomentumFamily(ClusteringMethod):
             return ctx
         for v, w, x_v, x_w, stream in ((1, 2, x1, x2, "noise_view_1"), (2, 1, x2, x1, "noise_view_2")):
             q = self.online(x_v).float()
-            ctx[f"k{w}"] = self.target(x_w)
+            ctx[f"k{w}"] = self._target_of(x_w, step, v)
             ctx[f"q{v}"] = q
             if self.needs_clean_predictions:
                 ctx[f"p{v}_clean"] = self.predictor(q).float()

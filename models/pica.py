@@ -80,7 +80,7 @@ class PICA(LowestLossHeadSelection, ClusteringMethod):
                               "--backbone mlp for vector data.")
         self.sobel = SobelFilter("mean") if p.sobel else None
         trunk_info = dataclasses.replace(info, channels=2) if p.sobel else info
-        self.backbone, dim = build_backbone(cfg.backbone, trunk_info)
+        self.backbone, dim = build_backbone(cfg.backbone, trunk_info, zero_init_residual=cfg.zero_init_residual)
         if p.default_init:   # official PICA never calls its custom init: PyTorch's default conv init
             for m in self.backbone.modules():
                 if isinstance(m, nn.Conv2d):

@@ -99,9 +99,52 @@ def test_select_head_is_the_sub_head_with_the_lowest_training_loss():
     assert model.select_head() is None
 
 
+def test_eval_loss_selection_is_the_lowest_loss_over_an_eval_mode_pass_of_the_training_data():
+    from tests.conftest import build_method
+
+    cfg = resolve(["--preset", "iic_digits", *merged(TINY, ["--batch_size", "500"])])
+    model, bundle, ctx = build_method(cfg)
+    with torch.no_grad():   # sub-head 0 confident (large weights): positive MI, a clearly negative loss; 2 uniform
+        model.head_b.out.weight[0].mul_(300.0)
+        model.head_b.out.weight[2].zero_()
+        model.head_b.out.bias[2].zero_()
+    model.train()
+    losses = model.eval_pass_losses(ctx)
+    assert model.training                                     # the pass switches to eval mode and back
+    # the same pass by hand: batches of batch_size in dataset order (the last one partial), eval mode
+    generator = torch.Generator().manual_seed(ctx.seed_for("subhead_selection", 0))
+    expected = torch.zeros(3)
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(bundle.train), 500):
+            batch = torch.utils.data.default_collate([bundle.train[i] for i in range(start, min(start + 500, 1797))])
+            tf1, *tf2 = bundle.train_views(batch, torch.device("cpu"), generator)
+            p1, p2 = model.head_b(model._trunk(tf1)), model.head_b(model._trunk(torch.cat(tf2)))
+            expected += torch.stack([iic_loss(p1[s].repeat(len(tf2), 1), p2[s]) for s in range(3)])
+    torch.testing.assert_close(losses, expected, rtol=1e-5, atol=1e-5)
+    chosen = model.select_head(ctx)
+    assert expected[0] < expected[2] - 0.1 and chosen == int(expected.argmin()) == 0
+    assert any("eval/subhead_loss/0" in m for m in ctx._log.metrics)
+
+
+def test_training_batches_are_sequential_and_keep_the_last_one_as_officially():
+    from tests.conftest import build_method
+
+    model, bundle, ctx = build_method(resolve(["--preset", "iic_digits", "--iic.batch_order", "sequential",
+                                               *merged(TINY, ["--batch_size", "500"])]))
+    sampler = model.batch_sampler(ctx)
+    batches = list(sampler)
+    assert [len(b) for b in batches] == [500, 500, 500, 297] and batches[0][:3] == [0, 1, 2]
+    sampler.set_epoch(5)
+    assert list(sampler) == batches                           # the same order every epoch
+    shuffled, _, ctx2 = build_method(resolve(["--preset", "iic_digits", "--iic.batch_order", "shuffled"]))
+    assert shuffled.batch_sampler(ctx2) is None               # the trainer's shuffled batches
+
+
 def test_evaluation_reports_every_sub_head_their_mean_and_the_selected_one(tmp_path):
     args = ["--preset", "iic_digits", "--output_dir", str(tmp_path), "--run_name", "e", *TINY,
-            "--steps_per_epoch", "2", "--epochs", "3", "--eval_every", "3", "--consensus", "none"]
+            "--steps_per_epoch", "2", "--epochs", "3", "--eval_every", "3", "--consensus", "none",
+            "--iic.select_by", "train_loss"]
     results = entry.main(args)
     assert len(results["heads"]) == 3 and results["heads_mean"] is not None
     chosen = results["selected_head"]

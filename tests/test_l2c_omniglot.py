@@ -49,7 +49,7 @@ def test_similarity_network_then_every_alphabet_averaged(omniglot_root, tmp_path
     spn_dir = out / "spn_omniglot" / "reference"
     log = (spn_dir / "log.txt").read_text()
     assert "class-balanced batches, 2 classes x 5 images, 4 batches per epoch" in log
-    assert "random resized crop, scale [0.85, 1.0]" in log and "SUPERVISED stage" in log
+    assert "augmentation crop {'crop_scale': [0.85, 1.0]} (set by method spn)" in log and "SUPERVISED stage" in log
 
     summary = l2c_omniglot.main(["--data_root", str(omniglot_root), "--method", "kcl", "--k", "C",
                                  "--alphabets", "Angelic", "Syriac_(Serto)", "--image_size", "16",
