@@ -82,7 +82,8 @@ def _print(text: str) -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
-def cli() -> int:
+def cli(argv: list[str] | None = None) -> int:
+    """main() with every expected failure turned into a message on stderr and an exit status (see --help)."""
     from datasets.registry import DatasetError, DatasetNotFoundError
     from engine.checkpoint import CheckpointError
     from engine.config import ConfigError
@@ -94,7 +95,7 @@ def cli() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminated)   # a kill from a scheduler stops like Ctrl-C: a message, last.pt kept
-    args = sys.argv[1:]
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
         if any(a in ("-h", "--help") for a in args):
             _print(help_text())
@@ -108,7 +109,7 @@ def cli() -> int:
 
             _print(to_yaml(load_config([a for a in args if a != "--print_config"])).rstrip())
             return 0
-        main()
+        main(args)
         distributed.shutdown()  # torchrun: every rank leaves the process group together
     except ConfigError as err:
         _fail("configuration error", str(err))

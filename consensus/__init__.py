@@ -1,4 +1,4 @@
-"""Consensus clustering: combine C clusterings of the same N points into one (``shared/specs/consensus.md``).
+"""Consensus clustering: combine C clusterings of the same N points into one (docs/methods/divclust.md).
 
 Every function takes ``labels`` [C, N] (integer LongTensor or ndarray, any integers per row) and
 ``n_clusters`` and returns an int64 ndarray [N] with labels 0..c'-1 in first-appearance order:

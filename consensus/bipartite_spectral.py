@@ -1,6 +1,6 @@
 """HBGF: hybrid bipartite graph formulation (Fern & Brodley, ICML 2004), spectral variant.
 
-Implements ``../shared/specs/consensus.md`` §5.1: the points and all base clusters form a bipartite graph
+Implements docs/methods/divclust.md: the points and all base clusters form a bipartite graph
 B [N, v] (v = total number of base clusters); its normalised form S~ = D1^{-1/2} B D2^{-1/2} (D1 = C I,
 D2 = cluster sizes) is embedded with the top-c eigenvectors of the small v x v matrix S~^T S~ (so the
 N x N cluster-size-weighted co-association B D2^{-1} B^T / C is never formed), rows are L2-normalised
@@ -26,7 +26,7 @@ _SINGLE_THREAD_MAX_ENTRIES = 1 << 17
 
 
 def hbgf(labels, n_clusters: int, *, seed: int = 0) -> np.ndarray:
-    """Bipartite spectral consensus (consensus.md §5.1, §6).
+    """Bipartite spectral consensus (docs/methods/divclust.md).
 
     Args:
         labels: [C, N] integer labels (LongTensor or ndarray); any integers per row.

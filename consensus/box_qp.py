@@ -1,4 +1,4 @@
-"""Batched box-constrained QPs of SCCBG's W-step and S-step (consensus.md §2a, §2d, §4).
+"""Batched box-constrained QPs of SCCBG's W-step and S-step (docs/methods/divclust.md).
 
 Every row is an independent problem; a row leaves the working set as soon as its largest coordinate change
 falls below ``QP_TOL`` (or after ``QP_MAX_ITER`` iterations). Callers pass blocks of rows.
@@ -38,7 +38,7 @@ def linear_row_step(x: Tensor, grad: Tensor) -> Tensor:
 
 def solve_w_rows(s: Tensor, b: Tensor, w: Tensor, affinity: Tensor, affinity_rowsum: Tensor,
                   gamma: float, rho: float) -> Tensor:
-    """W-step for a block of rows (consensus.md §2a): local minimiser over [0,1]^v, started from ``w``, of
+    """W-step for a block of rows (docs/methods/divclust.md): local minimiser over [0,1]^v, started from ``w``, of
     f(w) = sum_j (s_j - b_j)^2 w_j^2 + gamma sum_jk A_jk (s_j - s_k)^2 w_j w_k - rho sum_j w_j."""
     delta = (s - b) ** 2  # [n, v]
     s_sq = s * s
@@ -74,7 +74,7 @@ def solve_w_rows(s: Tensor, b: Tensor, w: Tensor, affinity: Tensor, affinity_row
 
 def solve_s_rows(w: Tensor, b: Tensor, x0: Tensor, dist: Tensor, affinity: Tensor,
                   gamma: float, lam: float) -> Tensor:
-    """S-step for a block of rows (consensus.md §2d): minimiser over [0,1]^v, started from ``x0``, of
+    """S-step for a block of rows (docs/methods/divclust.md): minimiser over [0,1]^v, started from ``x0``, of
     g(x) = sum_j w_j^2 (x_j - b_j)^2 + gamma sum_jk A_jk w_j w_k (x_j - x_k)^2 + lam sum_j dist_j x_j
     (convex), by FISTA with adaptive restart."""
     w_affinity = w @ affinity  # [n, v]

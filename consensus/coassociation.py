@@ -1,6 +1,6 @@
 """Evidence accumulation: co-association matrix + average linkage (Fred & Jain, TPAMI 2005).
 
-Implements ``../shared/specs/consensus.md`` §5.2. The co-association of two points is the fraction of base
+Implements docs/methods/divclust.md The co-association of two points is the fraction of base
 clusterings that put them together; 1 - co-association is exactly the Hamming distance between the points'
 label tuples, so the condensed distance matrix is ``scipy.spatial.distance.pdist(labels.T, "hamming")``.
 Average linkage (UPGMA, ``scipy.cluster.hierarchy.linkage``) builds the dendrogram, deterministically.
@@ -47,7 +47,7 @@ def _cut_after_merges(merges: np.ndarray, num_points: int, n_clusters: int) -> n
 
 def coassociation_average_linkage(labels, n_clusters: int, *, seed: int = 0,
                                   max_points: int = 20_000) -> np.ndarray:
-    """Co-association consensus with average linkage (consensus.md §5.2, §6).
+    """Co-association consensus with average linkage (docs/methods/divclust.md).
 
     Args:
         labels: [C, N] integer labels (LongTensor or ndarray); any integers per row.

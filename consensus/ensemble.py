@@ -1,8 +1,8 @@
-"""Input checking and label bookkeeping shared by the consensus functions (consensus.md §6).
+"""Input checking and label bookkeeping shared by the consensus functions (docs/methods/divclust.md).
 
 An *ensemble* is C base clusterings of the same N points, given as a [C, N] integer tensor/array (or a
 sequence of C equally long 1-D label vectors). Each row may use any integers; they are renumbered per row
-to 0..k_c-1, so the bipartite incidence matrix has no empty cluster columns (consensus.md §1).
+to 0..k_c-1, so the bipartite incidence matrix has no empty cluster columns (docs/methods/divclust.md).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def as_label_matrix(labels: torch.Tensor | np.ndarray | Sequence, n_clusters: in
     if num_points < 1:
         raise ValueError(f"labels must label at least one point, got shape {array.shape}")
     if num_clusterings == 1:
-        # consensus.md §6: C = 1 returns that clustering renumbered; say that nothing was combined.
+        # docs/methods/divclust.md: C = 1 returns that clustering renumbered; say that nothing was combined.
         warnings.warn("consensus needs at least 2 clusterings, got 1: nothing to combine, returning that "
                       "clustering renumbered", UserWarning, stacklevel=3)
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
@@ -68,7 +68,7 @@ def relabel_rows(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def incidence_matrix(codes: np.ndarray, sizes: np.ndarray) -> sp.csr_matrix:
     """Point-by-cluster incidence B [N, v] (v = sum k_c), clustering-major column order, one 1 per
-    clustering in every row (consensus.md §1 step 1)."""
+    clustering in every row (docs/methods/divclust.md step 1)."""
     num_clusterings, num_points = codes.shape
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     columns = (codes + offsets[:, None]).T.reshape(-1)  # point-major: row i holds its C clusters

@@ -1,6 +1,6 @@
 """Run an independent computation on blocks of rows, in cache-sized blocks on a small thread pool.
 
-SCCBG's per-point QPs (consensus.md §4) are independent across points. On a CPU the row blocks are
+SCCBG's per-point QPs (docs/methods/divclust.md) are independent across points. On a CPU the row blocks are
 kept small enough that one block's working arrays stay in cache (a 256 x 200 float64 block is 400 KiB),
 and the blocks are spread over a pool of threads that each run PyTorch with one intra-op thread: per-op
 OpenMP regions wait at a barrier after every operation, and on a machine shared with other jobs a barrier

@@ -1,10 +1,10 @@
 """SCCBG: Self-paced Consensus Clustering with Bipartite Graph (Zhou, Du, Li, IJCAI 2020).
 
-Implements ``../shared/specs/consensus.md`` §1-§4: the alternation of the official MATLAB ``SCCBG.m``
+Implements docs/methods/divclust.md: the alternation of the official MATLAB ``SCCBG.m``
 (W-step: self-paced edge weights; spectral step: rank test of the normalised bipartite graph and update of
 lambda; S-step: learned bipartite graph; sparsification; rho doubling), with the per-point QPs that the
 official code hands to ``quadprog`` solved for all points at once by batched first-order methods
-(consensus.md §4), so that N = 60,000 points fit in memory (only N x v and v x v arrays, v = total number
+(docs/methods/divclust.md), so that N = 60,000 points fit in memory (only N x v and v x v arrays, v = total number
 of base clusters):
 
 - W-step (non-convex box QP per point): projected gradient with per-row step 1/L_i (Gershgorin bound),
@@ -37,13 +37,13 @@ runs, same labels, S equal to 2e-11); N = 60,000 -> 10 clusters, NMI 1.0, 58.7 s
 (load 15.4-16.2), against 961 s for the previous implementation in the same run (same labels);
 the rank test was met at iteration 20 of 20 (the number of lambda doublings needed grows like log2(N C),
 since dist scales like 1/(N C)). With gamma = 1e-3 at
-N = 2,000 (beyond the breakdown scale) this solver still finds 10 clusters (NMI 1.0) where the spec's
+N = 2,000 (beyond the breakdown scale) this solver still finds 10 clusters (NMI 1.0) where the documented
 reference implementation found 291 components: in that regime the result depends on the local solution
 of the non-convex W-step.
 
 gamma: the official demo sweeps 1e-5 .. 1; the value DivClust used is undocumented. Default (``None``):
 gamma = 0.05 * mean clusters per base clustering / (C * N), 10x below the scale where the W-step starts to
-drop observed edges (consensus.md §3).
+drop observed edges (docs/methods/divclust.md).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from consensus.row_blocks import for_each_row_block, single_intra_op_thread
 
 __all__ = ["sccbg", "sccbg_solve", "SCCBGResult", "default_gamma"]
 
-# Constants of SCCBG.m (consensus.md §3).
+# Constants of SCCBG.m (docs/methods/divclust.md).
 _LAMBDA_INIT = 1.0
 _RHO_INIT = 0.5
 _SPARSIFY_BELOW = 1e-4
@@ -89,7 +89,7 @@ class SCCBGResult:
 
 
 def default_gamma(num_clusterings: int, num_points: int, num_base_clusters: int) -> float:
-    """gamma = 0.05 * K_mean / (C * N), K_mean = v / C (consensus.md §3, framework default)."""
+    """gamma = 0.05 * K_mean / (C * N), K_mean = v / C (docs/methods/divclust.md, framework default)."""
     mean_clusters = num_base_clusters / num_clusterings
     return 0.05 * mean_clusters / (num_clusterings * num_points)
 
@@ -133,7 +133,7 @@ class _Spectral:
 
     def dist(self, rows: slice, graph_rows: Tensor) -> Tensor:
         """dist_ij = max(0, |U1_i|^2 + |V1_j|^2 - 2 U1_i . V1_j) for the given point rows -> [n, v], with
-        U1 = D1^{-1/2} U = D1^{-1} S D2^{-1/2} V diag(e)^{-1/2} / sqrt(2) (consensus.md §2b-c)."""
+        U1 = D1^{-1/2} U = D1^{-1} S D2^{-1/2} V diag(e)^{-1/2} / sqrt(2) (docs/methods/divclust.md-c)."""
         u = (graph_rows * self.inv_point_degrees[rows, None]) @ self.projection  # [n, c]
         v = self.cluster_embedding
         dist = (u * u).sum(1, keepdim=True) + (v * v).sum(1)[None, :] - 2 * u @ v.T
@@ -141,7 +141,7 @@ class _Spectral:
 
 
 def _spectral_step(statistics: _GraphStatistics, n_clusters: int) -> _Spectral:
-    """Normalised bipartite spectral embedding of S and the rank test sums (consensus.md §2b-c):
+    """Normalised bipartite spectral embedding of S and the rank test sums (docs/methods/divclust.md-c):
     G = S~^T S~ with S~ = D1^{-1/2} S D2^{-1/2}, from the block-wise statistics of S."""
     point_degrees, cluster_degrees, gram = statistics.totals()
     inv_sqrt_d1 = 1.0 / point_degrees.sqrt().clamp_min(_DEGREE_EPS)  # [N]
@@ -184,7 +184,7 @@ def _graph_components(graph: np.ndarray) -> np.ndarray:
 
 def _alternate(incidence: Tensor, n_clusters: int, gamma: float, max_iter: int, workers: int,
                unit_weight_solver: bool = True) -> tuple[Tensor, bool, int]:
-    """The SCCBG loop (consensus.md §2) on the incidence B [N, v] -> (learned graph S, stopped on the rank
+    """The SCCBG loop (docs/methods/divclust.md) on the incidence B [N, v] -> (learned graph S, stopped on the rank
     test, iterations run). On a CPU, call it with one intra-op thread and ``workers`` row-block threads.
     ``unit_weight_solver=False`` solves every S-step row with the general FISTA solver (reference path)."""
     num_points = incidence.shape[0]
@@ -273,12 +273,12 @@ def sccbg_solve(labels, n_clusters: int, *, gamma: float | None = None, max_iter
 
 def sccbg(labels, n_clusters: int, *, gamma: float | None = None, max_iter: int = 20, seed: int = 0,
           device: str | torch.device = "cpu") -> np.ndarray:
-    """SCCBG consensus of C base clusterings (consensus.md §2, §6).
+    """SCCBG consensus of C base clusterings (docs/methods/divclust.md).
 
     Args:
         labels: [C, N] integer labels (LongTensor or ndarray); any integers per row.
         n_clusters: requested number of consensus clusters c.
-        gamma: SCCBG's hyper-parameter; ``None`` -> 0.05 * K_mean / (C * N) (framework rule, §3).
+        gamma: SCCBG's hyper-parameter; ``None`` -> 0.05 * K_mean / (C * N) (framework rule, docs/methods/divclust.md).
         max_iter: outer iterations (official 20).
         seed: unused (SCCBG is deterministic); accepted for a uniform interface.
         device: where the batched solvers run (float64).

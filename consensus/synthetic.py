@@ -1,4 +1,4 @@
-"""The spec's synthetic check for consensus clustering (``shared/specs/consensus.md`` §3-§4): noisy, renamed copies
+"""The documented synthetic check for consensus clustering (docs/methods/divclust.md): noisy, renamed copies
 of one planted labelling, where the right consensus is known. Used by the tests and ``scripts/bench_consensus.py``."""
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from engine.config import ConfigError, Key, Section, each, in_range, probability
 
 from . import readers  # noqa: F401  (registers every reader)
 from .batch_augment import BatchAugmenter, crop_spec, digits_spec, eval_images, iic_specs, pica_specs, simclr_spec
+from .image_decoding import open_original
 from .registry import READERS, DatasetError, DatasetNotFoundError, RawData, read
 
 AUGMENTATIONS = ("simclr", "digits", "pica", "iic", "crop", "none")
@@ -122,7 +123,8 @@ class LoaderViewsDataset(Dataset):
         return len(self.raw.labels)
 
     def __getitem__(self, i: int) -> dict:
-        image = self.raw.data[i]
+        # the original file when the reader kept it (`originals`), else the stored copy
+        image = open_original(self.raw.files[i]) if self.raw.files is not None else self.raw.data[i]
         return {"views": [self.transform(image) for _ in range(self.views)], "index": i,
                 "label": int(self.raw.labels[i])}
 
@@ -216,8 +218,9 @@ def keep_classes(raw: RawData, classes: tuple[int, ...], dataset: str) -> RawDat
         raise ConfigError(f"the class subset {wanted} selects no sample of {dataset} (its classes: "
                           f"{present[:20]}{' ...' if len(present) > 20 else ''}).")
     ids = [raw.ids[i] for i in keep] if raw.ids is not None else [str(i) for i in keep]
+    files = [raw.files[i] for i in keep] if raw.files is not None else None
     return RawData(raw.data[keep], raw.labels[keep], f"{raw.description}; classes {wanted} only ({keep.size} samples)",
-                   raw.class_names, {}, ids)
+                   raw.class_names, {}, ids, files)
 
 
 def read_raw(cfg, request: DataRequest) -> RawData:
@@ -277,6 +280,14 @@ def build(cfg, request: DataRequest | None = None, *, device: torch.device | str
                           f"holds vectors.")
     if raw.kind == "image" and family != "none":
         augment_on, note = resolve_augment_on(cfg.augment_on, family, _device_type(cfg, device))
+        if raw.files is not None:     # training views from the original files: only the per-image pipeline can
+            if family not in LOADER_PIPELINES or cfg.augment_on == "device":
+                raise ConfigError(f"{cfg.dataset}: training from the original files (dataset option originals) "
+                                  f"needs the per-image loader pipeline, which augmentation {family!r} "
+                                  + ("has not" if family not in LOADER_PIPELINES else "has, but augment_on is "
+                                     "device") + f": use --augment_on loader (pipelines: "
+                                  f"{', '.join(LOADER_PIPELINES)}), or drop originals.")
+            augment_on, note = "loader", None
         if note:
             _log.info(note)
         crop_scale = tuple(settings.get("crop_scale", cfg.crop_scale))

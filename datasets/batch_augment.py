@@ -65,7 +65,7 @@ class AugmentSpec:
 
 def simclr_spec(image_size: int, *, color_strength: float, blur: bool, crop_scale=(0.08, 1.0),
                 mean=(), std=()) -> AugmentSpec:
-    """SimCLR/CC pipeline (cc.md §3): crop, flip, jitter(0.8s, 0.8s, 0.8s, 0.2s) p 0.8, grayscale p 0.2, blur."""
+    """SimCLR/CC pipeline (docs/methods/cc.md): crop, flip, jitter(0.8s, 0.8s, 0.8s, 0.2s) p 0.8, grayscale p 0.2, blur."""
     s = color_strength
     return AugmentSpec(image_size, tuple(crop_scale), flip_p=0.5, jitter_p=0.8, brightness=0.8 * s,
                        contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s, grayscale_p=0.2,
@@ -83,7 +83,7 @@ def digits_spec(image_size: int, *, crop_scale=(0.5, 1.0), mean=(), std=()) -> A
 
 def pica_specs(image_size: int, *, resize: int, crop_scale=(0.2, 1.0), flip: bool = True, mean=(), std=()
                ) -> tuple[AugmentSpec, AugmentSpec]:
-    """PICA's two pipelines (pica.md §3): the clean view `Resize(resize) -> RandomCrop(image_size)`, i.e. a fixed
+    """PICA's two pipelines (docs/methods/pica.md): the clean view `Resize(resize) -> RandomCrop(image_size)`, i.e. a fixed
     crop of image_size/resize of the side, and the perturbed view `RandomResizedCrop(image_size, crop_scale)` ->
     `ColorJitter(0.4, 0.4, 0.4, 0.4)` (always applied) -> `RandomGrayscale(0.2)` -> `RandomHorizontalFlip(0.5)`.
     `flip=False` drops the flip (digits: a mirrored 2 is not a 2). Returns (clean, perturbed)."""
@@ -99,7 +99,7 @@ def pica_specs(image_size: int, *, resize: int, crop_scale=(0.2, 1.0), flip: boo
 
 def iic_specs(image_size: int, *, crop: float, tf2_crops=(), tf1_center_p: float = 0.0, rotation: float = 0.0,
               flip: bool = True) -> tuple[AugmentSpec, AugmentSpec]:
-    """IIC's tf1 and tf2 (iic.md §3; fractions of the stored image side). tf1: `RandomCrop(crop)` (centred instead
+    """IIC's tf1 and tf2 (docs/methods/iic.md; fractions of the stored image side). tf1: `RandomCrop(crop)` (centred instead
     with probability tf1_center_p: MNIST's RandomChoice[RandomCrop, CenterCrop] is 0.5) -> `Resize(image_size)`.
     tf2: `RandomApply([RandomRotation(rotation)], p=0.5)` when rotation > 0 -> `RandomCrop` of a side chosen from
     tf2_crops (default: crop) -> `Resize` -> `RandomHorizontalFlip` when flip -> `ColorJitter(0.4, 0.4, 0.4, 0.125)`

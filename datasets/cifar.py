@@ -1,4 +1,4 @@
-"""`cifar10`, `cifar100`: the official python-pickle batches (datasets.md §4).
+"""`cifar10`, `cifar100`: the official python-pickle batches (docs/datasets.md).
 
 Protocol: CC, PICA, IIC, ProPos, HaDis and DivClust train and evaluate on train + test merged = 60,000
 images (`split="all"`, default); `split="train"` (50,000) / `split="test"` (10,000) give one partition
@@ -6,7 +6,7 @@ images (`split="all"`, default); `split="train"` (50,000) / `split="test"` (10,0
 
 `cifar100` ground truth is the 20 super-classes (`labels="coarse"`, default), read from the pickle's own
 `coarse_labels` as PICA does; `labels="fine"` gives the 100 classes. The reader checks the file's
-fine -> coarse pairs against the official table (datasets.md §13) and warns if they differ.
+fine -> coarse pairs against the official table (docs/datasets.md) and warns if they differ.
 
 Lookup under `--data_root`: the extracted folder `cifar-10-batches-py/` (`cifar-100-python/`) in <root>,
 <root>/cifar10 (<root>/cifar100) or <root>/CIFAR10 (<root>/CIFAR100); the batch files directly in
@@ -73,7 +73,7 @@ MD5 = {
         "data_batch_4": "634d18415352ddfa80567beed471001a",
         "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
         "test_batch": "40351d587109b95175f43aff81a1287e",
-        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",  # torchvision's value (not in datasets.md §13)
+        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",  # torchvision's value (not in docs/datasets.md)
     },
     "cifar100": {
         "train": "16019d7e3df5f24257cddd939b257f8d",
@@ -260,7 +260,7 @@ def read_cifar100(root: str | None, *, download: bool = False, split: str = "all
         if fine_all.min() >= 0 and fine_all.max() < 100 and not np.array_equal(
                 CIFAR100_FINE_TO_COARSE[fine_all], coarse_all):
             log.warning("cifar100: the file's coarse_labels disagree with the official fine -> coarse table "
-                        "(datasets.md §13) for %d images; using the file's labels",
+                        "(docs/datasets.md) for %d images; using the file's labels",
                         int((CIFAR100_FINE_TO_COARSE[fine_all] != coarse_all).sum()))
     class_names = _names(meta, f"{labels}_label_names",
                          CIFAR100_COARSE_CLASSES if labels == "coarse" else CIFAR100_FINE_CLASSES)

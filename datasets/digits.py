@@ -8,7 +8,7 @@ from .registry import RawData, register
 
 @register("digits")
 def read_digits(root: str | None, *, download: bool = False) -> RawData:
-    """All 1,797 images as uint8 [N, 8, 8, 1]. Pixel counts 0..16 are scaled by 255/16 (the spec's 1/16
+    """All 1,797 images as uint8 [N, 8, 8, 1]. Pixel counts 0..16 are scaled by 255/16 (the documented 1/16
     scaling, expressed on the uint8 range every image pipeline expects)."""
     from sklearn.datasets import load_digits
 

@@ -1,4 +1,4 @@
-"""`image_folder` (your own images) and `npz` (your own arrays or feature vectors) (datasets.md §9).
+"""`image_folder` (your own images) and `npz` (your own arrays or feature vectors) (docs/datasets.md).
 
 Both read from `--data_root`, or from the option `path` (absolute, or relative to `--data_root`).
 

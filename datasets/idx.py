@@ -1,4 +1,4 @@
-"""`mnist`, `fashion_mnist`: the IDX files (plain or .gz), parsed here (datasets.md §3).
+"""`mnist`, `fashion_mnist`: the IDX files (plain or .gz), parsed here (docs/datasets.md).
 
 Protocol: clustering papers (IIC, IMSAT, DivClust-style transductive evaluation) use train + test merged =
 70,000 images; `split="train"` (60,000) or `split="test"` (10,000) give one partition (L2C's supervised

@@ -74,6 +74,16 @@ def _decode_one(source: Source, mode: str, size: int | None, resize: str) -> np.
     return array[..., None] if array.ndim == 2 else array
 
 
+def open_original(path: str, mode: str = "RGB") -> Image.Image:
+    """One image file at full resolution, converted to `mode` (the per-image training pipeline's input)."""
+    try:
+        with Image.open(path) as img:
+            return img.convert(mode)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise DatasetError(f"cannot read {path} ({type(err).__name__}: {str(err)[:160]}) while training from the "
+                           f"original files; it was readable when the data were loaded") from None
+
+
 def _name(source: Source, index: int) -> str:
     return source if isinstance(source, str) else f"image #{index}"
 

@@ -1,4 +1,4 @@
-"""`imagenet10`, `imagenet_dogs`: the DAC/CC subsets of the ILSVRC-2012 train set (datasets.md §6, §13).
+"""`imagenet10`, `imagenet_dogs`: the DAC/CC subsets of the ILSVRC-2012 train set (docs/datasets.md).
 
 ImageNet-10: 10 classes, 13,000 images; ImageNet-Dogs: 15 dog breeds, 19,500 images (1,300 per class). The
 WNID lists are CC's `datasets/ImageNet-10.txt` / `ImageNet-dogs.txt` (identical in DivClust), sorted, so list
@@ -17,10 +17,11 @@ In-memory size: the images are decoded once (PIL, RGB; ImageNet has greyscale an
 a fixed `image_size` square so the set fits in RAM as uint8 [N, S, S, 3]. Default 224 with
 `resize="stretch"`: exactly CC's evaluation input `Resize((224, 224))` (DivClust-CC, ProPos ImageNet-Dogs
 also use 224), 13,000 x 224 x 224 x 3 = 1.96 GB (ImageNet-Dogs 2.9 GB). Presets at 96 px (PICA, HaDis,
-DigPro) set `image_size: 96` (0.36 GB). Difference from the official code, which crops its training views
-from the full-resolution originals: training crops are taken from this S x S copy (at 224, a small
-RandomResizedCrop holds fewer original pixels before being up-sampled). Set a larger `image_size` (e.g. 320)
-to keep more detail at the cost of memory.
+DigPro) set `image_size: 96` (0.36 GB). Evaluation uses this copy (PIL's antialiased resize, the official
+evaluation input). Training: with `originals=True` (`--dataset_options '{originals: true}'`, set by the presets
+whose official code crops its training views from the full-resolution files: CC, DivClust-CC, ProPos, HaDis,
+DigPro) the per-image loader pipeline opens the original JPEG for every view and crops it with PIL's antialiased
+RandomResizedCrop, as the official ImageFolder loaders; without it the views are cropped from the S x S copy.
 """
 from __future__ import annotations
 
@@ -68,11 +69,12 @@ def find_wnid_folder(candidates: list[str], wnids: list[str]) -> tuple[str | Non
 
 
 def _read_subset(name: str, table: list[tuple[str, str]], root: str | None, download: bool, split: str,
-                 image_size: int, resize: str, include_val: bool) -> RawData:
+                 image_size: int, resize: str, include_val: bool, originals: bool = False) -> RawData:
     check_choice(name, "split", split, ("all",))
     check_image_size(name, image_size, allow_none=False)
     check_choice(name, "resize", resize, RESIZE_MODES)
     check_choice(name, "include_val", include_val, (True, False))
+    check_choice(name, "originals", originals, (True, False))
     root = expand_root(root)
     wnids = [w for w, _ in table]
     bases = under(root, "", *SUBSET_FOLDERS[name], *FULL_IMAGENET_FOLDERS)
@@ -110,19 +112,23 @@ def _read_subset(name: str, table: list[tuple[str, str]], root: str | None, down
     parts = " + ".join(folders)
     description = (f"{name}: {len(wnids)} classes, {len(data)} images ({min(counts)}-{max(counts)} per class) "
                    f"from {parts}, resized to {image_size}x{image_size} ({resize})")
+    if originals:
+        description += "; training views from the original files"
     log.info(description)
-    return RawData(data, np.asarray(labels, dtype=np.int64), description, [n for _, n in table])
+    return RawData(data, np.asarray(labels, dtype=np.int64), description, [n for _, n in table],
+                   files=list(files) if originals else None)
 
 
 @register("imagenet10")
 def read_imagenet10(root: str | None, *, download: bool = False, split: str = "all", image_size: int = 224,
-                    resize: str = "stretch", include_val: bool = False) -> RawData:
+                    resize: str = "stretch", include_val: bool = False, originals: bool = False) -> RawData:
     """ImageNet-10 (13,000 images, 10 classes) as uint8 [N, image_size, image_size, 3]."""
-    return _read_subset("imagenet10", IMAGENET10, root, download, split, image_size, resize, include_val)
+    return _read_subset("imagenet10", IMAGENET10, root, download, split, image_size, resize, include_val, originals)
 
 
 @register("imagenet_dogs")
 def read_imagenet_dogs(root: str | None, *, download: bool = False, split: str = "all", image_size: int = 224,
-                       resize: str = "stretch", include_val: bool = False) -> RawData:
+                       resize: str = "stretch", include_val: bool = False, originals: bool = False) -> RawData:
     """ImageNet-Dogs (19,500 images, 15 breeds) as uint8 [N, image_size, image_size, 3]."""
-    return _read_subset("imagenet_dogs", IMAGENET_DOGS, root, download, split, image_size, resize, include_val)
+    return _read_subset("imagenet_dogs", IMAGENET_DOGS, root, download, split, image_size, resize, include_val,
+                        originals)

@@ -1,4 +1,4 @@
-"""`omniglot`: the background / evaluation sets of Omniglot (datasets.md §8, l2c.md §3.3-3.4).
+"""`omniglot`: the background / evaluation sets of Omniglot (docs/datasets.md, docs/methods/l2c.md).
 
 Layout: `images_background/<Alphabet>/characterNN/*.png` and `images_evaluation/...` (105 x 105 binary
 PNGs, black strokes on white, 20 drawings per character), extracted or still zipped

@@ -33,6 +33,9 @@ class RawData:
     extra:  additional training-only streams, e.g. {"unlabeled": RawData} for STL-10
     ids:    one id per sample that a user can join back to the data (the file path relative to the data folder
             for image folders, the row number for arrays); None: the position in the dataset
+    files:  the full-resolution original image files (the option `originals` of the ImageNet subsets): the
+            per-image training pipeline crops its views from them (PIL, antialiased), as the official loaders;
+            `data` stays the resized copy that evaluation uses
     """
 
     data: np.ndarray
@@ -41,12 +44,15 @@ class RawData:
     class_names: list[str] | None = None
     extra: dict[str, "RawData"] = field(default_factory=dict)
     ids: list[str] | None = None
+    files: list[str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.data) != len(self.labels):
             raise ValueError(f"RawData: {len(self.data)} samples but {len(self.labels)} labels")
         if self.ids is not None and len(self.ids) != len(self.labels):
             raise ValueError(f"RawData: {len(self.labels)} samples but {len(self.ids)} ids")
+        if self.files is not None and len(self.files) != len(self.labels):
+            raise ValueError(f"RawData: {len(self.labels)} samples but {len(self.files)} original files")
         self.labels = np.asarray(self.labels, dtype=np.int64)
 
     @property

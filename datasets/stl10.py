@@ -1,4 +1,4 @@
-"""`stl10`: the STL-10 binaries, parsed here (datasets.md §5).
+"""`stl10`: the STL-10 binaries, parsed here (docs/datasets.md).
 
 Protocol: cluster and evaluate the 13,000 labelled images, train (5,000) + test (8,000) merged
 (`split="all"`, default); `split="train"` / `"test"` give one partition. With `unlabeled=True` the 100,000

@@ -1,4 +1,4 @@
-"""`20news`, `reuters`: text corpora as tf-idf feature vectors (datasets.md §10), float32 [N, D].
+"""`20news`, `reuters`: text corpora as tf-idf feature vectors (docs/datasets.md), float32 [N, D].
 
 Kingdra (after IMSAT and DEC) clusters these as feature matrices read from its pre-processed
 `ens_cluster_datasets/<20_news|reuters>/train_X.npy` + `train_Y.npy`, whose recipe is not published. With

@@ -1,4 +1,4 @@
-"""`tiny_imagenet`: Tiny-ImageNet-200 from its extracted zip (datasets.md §7).
+"""`tiny_imagenet`: Tiny-ImageNet-200 from its extracted zip (docs/datasets.md).
 
 Protocol (CC, DigPro): the 100,000 `train` images, 200 classes (`split="all"` = `split="train"`, default);
 `split="val"` reads the 10,000 labelled validation images (labels from `val/val_annotations.txt`). The

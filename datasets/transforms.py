@@ -1,12 +1,12 @@
 """Per-image torchvision pipelines for the loader path: uint8 HWC numpy array in, float tensor [C, S, S] out.
 
-`simclr_train_transform` is the SimCLR-style view used by CC / ProPos / HaDis / DigPro (cc.md §3);
+`simclr_train_transform` is the SimCLR-style view used by CC / ProPos / HaDis / DigPro (docs/methods/cc.md);
 `eval_transform` is the one deterministic evaluation view. Both start with `ArrayToPIL`, which turns the
 reader's array into a PIL image with the number of channels the model expects (`channels`): a grey image
 is expanded to RGB only for a 3-channel model, and an RGB image converted to grey (ITU-R 601-2 luma, PIL's
 'L') for a 1-channel model.
 
-Mean/std normalisation is optional because it belongs to the method preset (datasets.md §11: CC, DivClust-CC
+Mean/std normalisation is optional because it belongs to the method preset (docs/datasets.md: CC, DivClust-CC
 and IIC use none; ProPos/HaDis/DigPro/PICA their own constants).
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ def simclr_train_transform(
     std: Sequence[float] | float | None = None,
     blur_kernel: int = 23,
 ) -> transforms.Compose:
-    """One random SimCLR-style view (cc.md §3); apply it twice, independently, for two views.
+    """One random SimCLR-style view (docs/methods/cc.md); apply it twice, independently, for two views.
 
     RandomResizedCrop(image_size, scale=crop_scale, ratio (3/4, 4/3), bilinear) -> RandomHorizontalFlip(0.5)
     -> with p 0.8 ColorJitter(0.8s, 0.8s, 0.8s, 0.2s), s = `color_strength` (CC: 0.5 for CIFAR-10/100 and

@@ -617,7 +617,10 @@ def resolve(argv: list[str] | None, catalog: Catalog, *, config_dir: str | os.Pa
             raise ConfigError(_unknown_key_message(key, valid, "on the command line"))
         if key in cli:
             raise ConfigError(f"--{key} is given twice on the command line.")
-        cli[key] = _coerce(key, parse_cli_value(text), defaults[key], f"--{key}")
+        value = parse_cli_value(text)
+        if defaults[key] is None and key not in OPTIONAL_INTS and value is True:
+            value = text        # an optional string (a name, a path): `--run_name on` is the name "on"
+        cli[key] = _coerce(key, value, defaults[key], f"--{key}")
     resolved.update(cli)
 
     active = [s for s in catalog.sections if s.applies(resolved)]

@@ -57,6 +57,10 @@ class DivClust:
             logs["divclust_bank_nmi"] = torch.full((), measured, device=assignments.device)
         return weighted, logs
 
+    def target_state(self) -> dict:
+        """The target D^T and the threshold now (reported beside the measured D^R)."""
+        return {"target": float(self.cfg.NMI_target), "threshold": float(self.threshold)}
+
     def state_dict(self) -> dict:
         return {"threshold": torch.tensor(self.threshold, dtype=torch.float64), "bank": self.bank.cpu().clone()}
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import os
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -92,10 +94,24 @@ def cluster_and_score(extracted: dict, labels: np.ndarray, cfg, device: torch.de
                 from consensus import run_consensus
 
                 start = time.perf_counter()
-                consensus = run_consensus(assignments, k, method=cfg.consensus, seed=int(cfg.seed))
+                with warnings.catch_warnings(record=True) as caught:   # the count is reported below instead
+                    warnings.simplefilter("always")
+                    consensus = np.asarray(run_consensus(assignments, k, method=cfg.consensus, seed=int(cfg.seed)))
+                found = int(np.unique(consensus).size)
+                results["consensus_clusters"] = {"requested": k, "found": found}
+                if found > k and cfg.get("consensus_restore_k", True):
+                    from consensus.restore import restore_cluster_count
+
+                    predictions["consensus_official"] = consensus
+                    results["consensus_official"] = _scores(labels, consensus)
+                    consensus = restore_cluster_count(consensus, np.stack(assignments), k)
+                    results["consensus_clusters"]["restored"] = int(np.unique(consensus).size)
+                elif found != k:
+                    for warning in caught:
+                        warnings.warn(warning.message, warning.category, stacklevel=2)
                 results["timing"]["consensus_s"] = time.perf_counter() - start
-                predictions["consensus"] = np.asarray(consensus)
-                results["consensus"] = _scores(labels, np.asarray(consensus))
+                predictions["consensus"] = consensus
+                results["consensus"] = _scores(labels, consensus)
     features = extracted["features"].to(device)
     predictions.update(feature_sample(extracted["features"], int(cfg.get("plot_tsne_points", 0)), seed=int(cfg.seed)))
     if cfg.eval_kmeans:
@@ -151,7 +167,7 @@ def save_predictions_csv(predictions: dict[str, np.ndarray], path: Path, *, samp
     for i in range(len(heads)):
         columns.append((f"head{i}", heads[i]))
         columns.append((f"head{i}_confidence", np.asarray([f"{c:.5f}" for c in confidence[i]])))
-    for name in ("consensus", "kmeans", "gmm"):
+    for name in ("consensus", "consensus_official", "kmeans", "gmm"):
         if name in predictions:
             columns.append((name, np.asarray(predictions[name])))
     has_labels = bool((labels >= 0).any())
@@ -176,7 +192,8 @@ def flat_metrics(results: dict) -> dict[str, float]:
     """`head.acc`, `kmeans.nmi`, `diversity.nmi_mean`, ... for logging and best-checkpoint selection.
     `head.*` is the reported head (absent when no single head is the result); `best_head.*` chose with labels."""
     flat: dict[str, float] = {}
-    for name in ("head", "best_head", "selected_head", "heads_mean", "kmeans", "gmm", "consensus"):
+    for name in ("head", "best_head", "selected_head", "heads_mean", "kmeans", "gmm", "consensus",
+                 "consensus_official"):
         for metric, value in (results.get(name) or {}).items():
             if metric != "index":
                 flat[f"{name}.{metric}"] = value
@@ -184,7 +201,11 @@ def flat_metrics(results: dict) -> dict[str, float]:
         for metric, value in (head or {}).items():
             flat[f"heads/{i}.{metric}"] = value
     if results.get("diversity"):
-        flat["diversity.nmi_mean"] = results["diversity"]["nmi_mean"]
+        for key in ("nmi_mean", "target", "threshold"):
+            if results["diversity"].get(key) is not None:
+                flat[f"diversity.{key}"] = results["diversity"][key]
+    if results.get("consensus_clusters"):
+        flat["consensus.clusters_found"] = results["consensus_clusters"]["found"]
     return flat
 
 
@@ -200,9 +221,10 @@ def format_table(results: dict) -> str:
         rows += [(f"head {i}" + (" *" if i == best.get("index") else "") + (" <" if i == chosen else ""), h)
                  for i, h in enumerate(heads)]
         rows.append(("heads mean", results.get("heads_mean")))
-    for name in ("consensus", "kmeans", "gmm"):
+    counts = results.get("consensus_clusters") or {}
+    for name in ("consensus", "consensus_official", "kmeans", "gmm"):
         if results.get(name) is not None:
-            rows.append((name, results[name]))
+            rows.append((name if name != "consensus_official" else "  official", results[name]))
     if not rows:
         return "(no metrics: the evaluation set has no labels)"
     lines = [f"{'':<12} {'ACC':>7} {'NMI':>7} {'ARI':>7}"]
@@ -214,8 +236,18 @@ def format_table(results: dict) -> str:
     if len(heads) > 1:
         lines.append("* best head by ACC (uses labels: analysis only)"
                      + ("; < head selected without labels" if results.get("selected_head") else ""))
-    if results.get("diversity"):
-        lines.append(f"inter-clustering NMI (D^R): {results['diversity']['nmi_mean']:.4f}")
+    if counts.get("restored") is not None:
+        lines.append(f"consensus: SCCBG found {counts['found']} clusters (the official result, row 'official'); "
+                     f"points of all but the {counts['requested']} largest joined the cluster they agree with most "
+                     f"(consensus_restore_k)")
+    elif counts and counts["found"] != counts["requested"]:
+        lines.append(f"consensus: {counts['found']} clusters instead of {counts['requested']}")
+    diversity = results.get("diversity")
+    if diversity:
+        line = f"inter-clustering NMI (D^R): {diversity['nmi_mean']:.4f}"
+        if diversity.get("target") is not None:
+            line += f" (target D^T {diversity['target']:g}, threshold now {diversity['threshold']:.4f})"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -223,8 +255,11 @@ class Evaluator:
     """The evaluation the trainer runs every `eval_every` epochs and at the end (it is given this object's
     `__call__`): numbers, predictions.npz / predictions.csv, the console table, metrics.jsonl and the figures."""
 
-    def __init__(self, method, ctx, cfg, run_dir: Path | None, log, *, plots: bool = True):
+    def __init__(self, method, ctx, cfg, run_dir: Path | None, log, *, plots: bool = True,
+                 diversity_target: Callable[[], dict] | None = None):
         self.method, self.ctx, self.cfg, self.run_dir, self.log, self.plots = method, ctx, cfg, run_dir, log, plots
+        # DivClust's target and current threshold ({"target", "threshold"}), reported beside the measured D^R
+        self.diversity_target = diversity_target
 
     def __call__(self, *, epoch: int, step: int, final: bool) -> tuple[dict, dict[str, float]]:
         start = time.perf_counter()
@@ -235,6 +270,8 @@ class Evaluator:
                                                   selected_head=selected, kmeans_metric=self.method.kmeans_metric)
                                 if main else (None, None))
         results = dist_utils.broadcast_object(results)
+        if results.get("diversity") and self.diversity_target is not None:
+            results["diversity"].update(self.diversity_target())
         results["timing"]["eval_s"] = time.perf_counter() - start
         data = self.ctx.data
         if main and self.run_dir is not None:

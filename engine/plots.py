@@ -399,3 +399,47 @@ def write_evaluation_plots(run_dir: Path, results: dict, predictions: dict, cfg,
     except Exception as err:  # never let a figure stop training
         logger.warning(f"plots failed ({type(err).__name__}: {str(err)[:200]}); training continues")
         return []
+
+
+# ----- DivClust sweep (scripts/divclust_sweep.py) -------------------------------------------------------------------
+def save_divclust_sweep(rows: list[dict], path: Path, *, title: str = "") -> Path:
+    """Three panels against the target D^T: measured D^R (with the diagonal), the mean single-clustering ACC / NMI,
+    the consensus ACC / NMI (and the official SCCBG result where it differs); below, each run's C x C NMI matrix.
+    rows: one dict per target with target, measured, heads_mean_acc, heads_mean_nmi, consensus_acc, consensus_nmi,
+    consensus_official_acc (or None), nmi_matrix."""
+    plt = _pyplot()
+    rows = sorted(rows, key=lambda r: -r["target"])
+    n = len(rows)
+    fig = plt.figure(figsize=(max(11.0, 2.0 * n), 7.2))
+    grid = fig.add_gridspec(2, max(3, n), height_ratios=[1.25, 1.0])
+    targets = [r["target"] for r in rows]
+    width = max(1, max(3, n) // 3)
+    top = [fig.add_subplot(grid[0, i * width:(i + 1) * width]) for i in range(3)]
+    ax = top[0]
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="D^R = D^T")
+    ax.plot(targets, [r["measured"] for r in rows], "o-", label="measured D^R")
+    ax.set(xlabel="target D^T", ylabel="D^R (mean NMI between clusterings)", xlim=(min(targets) - 0.05, 1.02),
+           ylim=(0, 1.02), title="diversity reached")
+    ax.legend(fontsize=8)
+    for ax, prefix, name in ((top[1], "heads_mean", "mean single clustering"), (top[2], "consensus", "consensus")):
+        ax.plot(targets, [r[f"{prefix}_acc"] for r in rows], "o-", label="ACC")
+        ax.plot(targets, [r[f"{prefix}_nmi"] for r in rows], "s-", label="NMI")
+        if prefix == "consensus" and any(r.get("consensus_official_acc") is not None for r in rows):
+            official = [(r["target"], r["consensus_official_acc"]) for r in rows
+                        if r.get("consensus_official_acc") is not None]
+            ax.plot(*zip(*official), "x", color="black", label="ACC, official SCCBG\n(more clusters than asked)")
+        ax.set(xlabel="target D^T", ylim=(0, 1.02), title=name)
+        ax.invert_xaxis()
+        ax.legend(fontsize=8)
+    top[0].invert_xaxis()
+    for i, r in enumerate(rows):
+        ax = fig.add_subplot(grid[1, i])
+        matrix = np.asarray(r["nmi_matrix"], dtype=float)
+        ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(matrix)))
+        ax.set_yticks(range(len(matrix)))
+        ax.tick_params(labelsize=6)
+        ax.set_title(f"D^T {r['target']:g}: D^R {r['measured']:.2f}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

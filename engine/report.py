@@ -14,8 +14,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CLUSTERINGS = ("head", "heads_mean", "consensus", "kmeans", "gmm")
-LABELS = {"head": "head", "heads_mean": "mean over heads", "consensus": "consensus", "kmeans": "k-means on features",
+CLUSTERINGS = ("head", "heads_mean", "consensus", "consensus_official", "kmeans", "gmm")
+LABELS = {"head": "head", "heads_mean": "mean over heads", "consensus": "consensus",
+          "consensus_official": "consensus, official SCCBG (more clusters than asked)", "kmeans": "k-means on features",
           "gmm": "GMM on features", "diversity": "D^R (mean NMI between clusterings)", "run": "wall time (s)"}
 METRICS = ("acc", "nmi", "ari")
 
@@ -71,7 +72,7 @@ def seed_values(results: dict) -> dict[tuple[str, str], float]:
     out: dict[tuple[str, str], float] = {}
     sources = {"head": reported_head(results),
                "heads_mean": results.get("heads_mean") if len(results.get("heads") or []) > 1 else None,
-               **{name: results.get(name) for name in ("consensus", "kmeans", "gmm")}}
+               **{name: results.get(name) for name in ("consensus", "consensus_official", "kmeans", "gmm")}}
     for name, metrics in sources.items():
         for metric in METRICS:
             if metrics and metrics.get(metric) is not None:
@@ -80,6 +81,8 @@ def seed_values(results: dict) -> dict[tuple[str, str], float]:
         out[("diversity", "nmi_mean")] = float(results["diversity"]["nmi_mean"])
     if results.get("seconds") is not None:
         out[("run", "seconds")] = float(results["seconds"])
+    if results.get("cpu_seconds") is not None:
+        out[("run", "cpu_seconds")] = float(results["cpu_seconds"])
     return out
 
 
@@ -91,7 +94,8 @@ def aggregate(runs: list[SeedRun]) -> list[Row]:
             continue
         for key, value in seed_values(run.results).items():
             rows.setdefault(key, Row(*key)).values[run.seed] = value
-    order = [(c, m) for c in CLUSTERINGS for m in METRICS] + [("diversity", "nmi_mean"), ("run", "seconds")]
+    order = [(c, m) for c in CLUSTERINGS for m in METRICS] + [("diversity", "nmi_mean"), ("run", "seconds"),
+                                                                 ("run", "cpu_seconds")]
     return [rows[key] for key in order if key in rows]
 
 
@@ -129,7 +133,11 @@ def markdown(preset: str, runs: list[SeedRun], rows: list[Row], *, command: str 
         resumed = [str(r.seed) for r in finished if r.resumed]
         lines.append(f"Wall time per seed: {_cell(row, 1)} s (n = {row.stats[2]}; results.json `seconds`, training "
                      f"and evaluations" + (f"; resumed (time after the resume only): seed {', '.join(resumed)}"
-                                           if resumed else "") + ")")
+                                           if resumed else "") + ")  ")
+    if ("run", "cpu_seconds") in by_key:
+        row = by_key[("run", "cpu_seconds")]
+        lines.append(f"CPU time per seed: {_cell(row, 1)} s (n = {row.stats[2]}; results.json `cpu_seconds`, the "
+                     f"process's user + system time over all its threads)")
     lines += ["", "## Per seed", "",
               "| seed | run directory | status | head ACC / NMI / ARI | consensus | k-means | seconds |",
               "|---|---|---|---|---|---|---|"]

@@ -188,10 +188,22 @@ def divclust_reach_warning(cfg: Config, total_steps: int) -> str | None:
         return None
     suggestion = interval_to_reach(target, total_steps // 2, rate, start)
     advice = (f"--NMI_interval {suggestion} reaches it by the middle of the run" if suggestion
-              else "no NMI_interval reaches it (train for more steps or raise --threshold_rate's step)")
+              else "no NMI_interval reaches it: train for more steps, or lower --threshold_rate (a larger move per "
+              "update)")
     return (f"DivClust: in {total_steps} steps with NMI_interval {interval} and threshold_rate {rate}, the threshold "
             f"can fall at most from {start:g} to {lowest:.3f}, which stays above NMI_target {target:g}, so the measured "
             f"diversity cannot reach the target; {advice}.")
+
+
+def divclust_summary(cfg: Config, trainer: Trainer, results: dict) -> dict:
+    """results.json's `divclust`: the target, where the threshold ended, the lowest it could have reached in this
+    run, and the measured D^R of the last evaluation."""
+    steps = int(cfg.epochs) * trainer.steps_per_epoch
+    start, rate, interval = float(cfg.divclust.init_threshold), float(cfg.threshold_rate), int(cfg.NMI_interval)
+    return {"target": float(cfg.NMI_target), "threshold": float(trainer.divclust.threshold),
+            "NMI_interval": interval, "threshold_rate": rate,
+            "lowest_reachable_threshold": lowest_threshold(steps, interval, rate, start),
+            "measured": (results.get("diversity") or {}).get("nmi_mean")}
 
 
 # ----- the run directory -----------------------------------------------------------------------------------------------
@@ -268,11 +280,14 @@ def write_results(results: dict, run_dir: Path | None) -> dict:
         "kmeans": results.get("kmeans"),
         "gmm": results.get("gmm"),
         "consensus": results.get("consensus"),
+        "consensus_official": results.get("consensus_official"),
+        "consensus_clusters": results.get("consensus_clusters"),
         "diversity": results.get("diversity"),
         "cluster_sizes": results.get("cluster_sizes"),
         "epochs": results.get("epochs"),
         "step": results.get("step"),
         "seconds": results.get("seconds"),
+        "cpu_seconds": results.get("cpu_seconds"),
         "timing": results.get("timing"),
         "config": str(run_dir / "config.yaml") if run_dir else None,
     }
@@ -352,6 +367,8 @@ def run(cfg: Config | None = None, *, argv: list[str] | None = None, start: Star
                 logger.info(f"label-informed analysis (not the result): the best accuracy of any head over the "
                             f"evaluations was ACC {best['acc']:.4f} (head {best['head']}, epoch {best['epoch']}); "
                             f"the result is the final epoch's")
+        if trainer.divclust.active:
+            results["divclust"] = divclust_summary(cfg, trainer, results)
         shaped = write_results(results, run_dir)
         logger.info(f"done: results in {run_dir / 'results.json'}", "green")
         return shaped
@@ -382,7 +399,9 @@ def build(cfg: Config, logger: RunLogger | None = None, start: Start | None = No
         trainer.load_state_dict(start.state, weights_only=bool(cfg.eval_only))
         if cfg.eval_only:   # an evaluation records the epoch and step of the checkpoint it evaluates
             trainer.epoch, trainer.step = int(start.state.get("epoch", 0)), int(start.state.get("step", 0))
-    evaluator = Evaluator(trainer.method, trainer.ctx, cfg, None, logger, plots=bool(cfg.plots))
+    divclust = trainer.divclust
+    evaluator = Evaluator(trainer.method, trainer.ctx, cfg, None, logger, plots=bool(cfg.plots),
+                          diversity_target=divclust.target_state if divclust.active else None)
     return trainer, evaluator
 
 

@@ -424,7 +424,7 @@ class Trainer:
         cfg = self.cfg
         self.ctx.epoch, self.ctx.step = self.epoch, self.step
         self.method.on_train_start(self.ctx)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         while self.epoch < cfg.epochs:
             epoch_loss = self.train_epoch()
             last = self.epoch == cfg.epochs
@@ -439,5 +439,6 @@ class Trainer:
         if self.last_results is None:
             self.last_results, _ = evaluate(epoch=self.epoch, step=self.step, final=True)
         final = dict(self.last_results)
-        final.update({"epochs": self.epoch, "step": self.step, "seconds": time.perf_counter() - start})
+        final.update({"epochs": self.epoch, "step": self.step, "seconds": time.perf_counter() - start,
+                      "cpu_seconds": time.process_time() - cpu_start})   # this process, all its threads
         return final

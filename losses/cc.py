@@ -1,9 +1,9 @@
 """Contrastive Clustering losses (Li et al., AAAI 2021), as the official code computes them.
 
-Spec: shared/specs/cc.md §4 and §10. Paper Eq. (2)-(3) (instance NT-Xent), Eq. (5)-(6) (cluster NT-Xent over
+docs/methods/cc.md Paper Eq. (2)-(3) (instance NT-Xent), Eq. (5)-(6) (cluster NT-Xent over
 the columns of the assignment matrix) and Eq. (7) (entropy of the cluster marginals). The official entropy term
 adds the constant log K per view (value >= 0, same gradient) and normalises each view's marginal separately; we
-follow the code, not the paper's joint notation (spec §9.4).
+follow the code, not the paper's joint notation.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _nt_xent(rows: Tensor, temperature: float) -> Tensor:
 
 
 def instance_contrastive_loss(z_i: Tensor, z_j: Tensor, *, temperature: float = 0.5) -> Tensor:
-    """L_inst (spec §4.1): NT-Xent over the 2N views, rows used as given.
+    """L_inst: NT-Xent over the 2N views, rows used as given.
 
     z_i, z_j: (N, D), expected L2-normalised by the caller (the model normalises, the loss does not).
     Returns the mean over the 2N rows of -S[r, pos(r)] + log sum_{c != r} exp(S[r, c]), S = Z Z^T / temperature.
@@ -44,7 +44,7 @@ def instance_contrastive_loss(z_i: Tensor, z_j: Tensor, *, temperature: float = 
 
 
 def cluster_entropy_regulariser(c_i: Tensor, c_j: Tensor) -> Tensor:
-    """(log K + sum_k P_i log P_i) + (log K + sum_k P_j log P_j), P = each view's column sums normalised (§4.3).
+    """(log K + sum_k P_i log P_i) + (log K + sum_k P_j log P_j), P = each view's column sums normalised.
 
     Equals KL(P_i || uniform) + KL(P_j || uniform) >= 0. No epsilon inside the log, as the official code.
     """
@@ -60,10 +60,10 @@ def cluster_entropy_regulariser(c_i: Tensor, c_j: Tensor) -> Tensor:
 
 def cluster_contrastive_loss(c_i: Tensor, c_j: Tensor, *, temperature: float = 1.0,
                              entropy_weight: float = 1.0) -> Tensor:
-    """L_clu (spec §4.2 + §4.4): NT-Xent over the 2K cluster columns with cosine similarity, plus the entropy term.
+    """L_clu (with the entropy term of Eq. 7): NT-Xent over the 2K cluster columns with cosine similarity, plus the entropy term.
 
     c_i, c_j: (N, K) softmax probabilities. Each column (a cluster's memberships over the batch) is divided by
-    max(||column||, 1e-8) (torch >= 1.12 CosineSimilarity semantics, spec §9.6), positives are the same cluster in
+    max(||column||, 1e-8) (torch >= 1.12 CosineSimilarity semantics, the official code), positives are the same cluster in
     the other view. entropy_weight = 1 reproduces the official ClusterLoss; 0 gives the contrastive part alone.
     """
     _check_pair(c_i, c_j, "cluster_contrastive_loss")

@@ -1,14 +1,14 @@
 """DigPro losses: dynamic grouping (synchronous momentum grouping) on top of ProPos's alignment and PSL.
 
 Paper: Zhang & Huang, "Towards Efficient and Effective Deep Clustering with Dynamic Grouping and Prototype
-Aggregation", arXiv 2401.13581. Spec: ``shared/specs/digpro.md`` section 4 (losses) and section 10 (API).
+Aggregation", arXiv 2401.13581. docs/methods/digpro.md section 4 (losses) and section 10 (API).
 Official code: ``Regan-Zhang/DigPro`` @ dfa30b3, with ``SMoGPrototypes`` from ``lightly`` v1.4.24.
 The alignment and the prototype aggregation (= ProPos's PSL) are imported from ``losses/propos.py``.
 
 The group features are model state: they are passed in and the updated ones are returned (detached); nothing is
-stored here. The periodic group reset (k-means on the memory bank, spec 2.1) is model code, not a loss.
+stored here. The periodic group reset (k-means on the memory bank, ) is model code, not a loss.
 
-Official behaviour kept here (spec 4.4, 9): group targets come from the *target* embedding and the *old* group
+Official behaviour kept here: group targets come from the *target* embedding and the *old* group
 features; the groups are then moved towards the mean of the *raw* online projections assigned to them
 (beta = 0.99, empty groups unchanged), and the logits compare the predictor output on the *clean* projection with
 the *updated* groups (differentiable w.r.t. q), temperature 0.1. The two directions are sequential.
@@ -45,7 +45,7 @@ def _require_beta(beta: float) -> None:
 
 
 def assign_groups(x: Tensor, group_features: Tensor) -> Tensor:
-    """Spec 4.2: index of the most cosine-similar group for every row (ties -> first index). No gradient.
+    """: index of the most cosine-similar group for every row (ties -> first index). No gradient.
 
     x: (B, D); group_features: (G, D) (both L2-normalised here; group features are cast to x's dtype).
     Returns a (B,) int64 tensor.
@@ -58,7 +58,7 @@ def assign_groups(x: Tensor, group_features: Tensor) -> Tensor:
 
 
 def momentum_group_update(q: Tensor, group_features: Tensor, *, beta: float = 0.99) -> Tensor:
-    """Spec 4.3, synchronous momentum update: G'_g = beta G_g + (1 - beta) mean_{i: a_i = g} q_i.
+    """synchronous momentum update: G'_g = beta G_g + (1 - beta) mean_{i: a_i = g} q_i.
 
     q: (B, D) raw online projections (the mean is of the *un-normalised* rows); group_features: (G, D) current
     groups (a constant). a_i = assign_groups(q_i, G). Groups that receive no sample keep G'_g = G_g.
@@ -77,7 +77,7 @@ def momentum_group_update(q: Tensor, group_features: Tensor, *, beta: float = 0.
 
 def dynamic_grouping_loss(q: Tensor, k: Tensor, p: Tensor, group_features: Tensor, *, beta: float = 0.99,
                           temperature: float = 0.1) -> tuple[Tensor, Tensor]:
-    """Spec 4.4, one direction of the dynamic grouping loss; returns (loss, new_group_features).
+    """one direction of the dynamic grouping loss; returns (loss, new_group_features).
 
     q: (B, D) raw online projection of view v; k: (B, D) target projection of the other view (a constant);
     p: (B, D) predictor output on the clean q (no Gaussian noise); group_features: (G, D) current state.

@@ -1,19 +1,18 @@
 """DivClust: controlling the diversity of C clusterings learned at once (Metaxas, Tzimiropoulos, Patras,
 CVPR 2023).
 
-Implements ``../shared/specs/divclust.md`` §3 (the diversity loss), §4 (threshold and label bank) and §9
-(API contract), i.e. the official ``DivClustLoss`` of ``ManiadisG/DivClust`` (``engine/criterion.py``),
+Implements the diversity loss, the threshold and the label bank (docs/methods/divclust.md), i.e. the official ``DivClustLoss`` of ``ManiadisG/DivClust`` (``engine/criterion.py``),
 split into pure functions. The paper's normalisation constants could not be verified; the official code's
-are used (spec §3):
+are used:
 
 - similarity of clustering a to clustering b: columns L2-normalised over the batch axis, then the mean over
   the clusters of a of the best cosine match among the clusters of b; asymmetric, both orders are used;
 - the loss is a **sum** over the C(C-1) ordered pairs of relu(s_ab - d), not an average; the caller divides
-  by C (model-side weighting, spec §3.5 / pitfall 3);
+  by C (model-side weighting, the official code / pitfall 3);
 - the threshold d starts at 1 and is moved multiplicatively every ``interval`` steps according to the
   mean pairwise NMI of a bank of recent hard labels, *before* the loss of the same step (pitfall 5).
 
-Difference from the official PICA model (spec pitfall 8): it adds the diversity term twice (effective
+Difference from the official PICA model: it adds the diversity term twice (effective
 weight 2/C). This module has no opinion on weights; the framework uses weight 1 for every method.
 
 The training-state container ``DivClustState`` at the bottom of this file is not a loss; it lives here
@@ -39,14 +38,14 @@ __all__ = [
     "DivClustState",
 ]
 
-# F.normalize's default eps; an all-zero column stays zero (spec pitfall 10).
+# F.normalize's default eps; an all-zero column stays zero.
 _COLUMN_NORM_EPS = 1e-12
 # Above this many similarity entries (C * C * K * K) the similarities are formed one clustering at a time.
 _FULL_EINSUM_BUDGET = 1 << 24
 
 
 def _check_assignments(assignments: Tensor) -> Tensor:
-    """Validate [C, N, K] soft assignments; half precision is computed in float32 (spec pitfall 12)."""
+    """Validate [C, N, K] soft assignments; half precision is computed in float32."""
     if not isinstance(assignments, Tensor):
         raise ValueError(f"assignments must be a torch.Tensor, got {type(assignments).__name__}")
     if assignments.dim() != 3:
@@ -65,7 +64,7 @@ def _check_assignments(assignments: Tensor) -> Tensor:
 
 def _full_precision(device: torch.device):
     """Context that switches autocast off, so the similarities are computed in the inputs' dtype (fp32 under
-    fp16 autocast, spec pitfall 12)."""
+    fp16 autocast)."""
     if device.type in ("cpu", "cuda"):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
@@ -87,7 +86,7 @@ def _pair_similarities(normalized: Tensor) -> Tensor:
 
 
 def clustering_similarity(assignments: Tensor) -> Tensor:
-    """Pairwise clustering similarity matrix (divclust.md §3 steps 1-3, §9).
+    """Pairwise clustering similarity matrix (docs/methods/divclust.md).
 
     Args:
         assignments: [C, N, K] soft assignments (rows are probability vectors).
@@ -114,7 +113,7 @@ def _exact_zero(like: Tensor) -> Tensor:
 
 
 def divclust_loss(assignments: Tensor, *, threshold: float | Tensor) -> Tensor:
-    """DivClust diversity loss L_div = sum_{a != b} relu(s_ab - threshold) (divclust.md §3 step 4, §9).
+    """DivClust diversity loss L_div = sum_{a != b} relu(s_ab - threshold) (docs/methods/divclust.md).
 
     Args:
         assignments: [C, N, K] soft assignments of the batch (for CC both views concatenated on N).
@@ -145,7 +144,7 @@ def divclust_loss(assignments: Tensor, *, threshold: float | Tensor) -> Tensor:
 def update_threshold(
     threshold: float | Tensor, measured_nmi: float | Tensor, *, target: float, rate: float = 0.99
 ) -> float:
-    """Multiplicative threshold update (divclust.md §4 step 3).
+    """Multiplicative threshold update (docs/methods/divclust.md step 3).
 
     d * rate if measured_nmi > target (strictly: equality raises d), else d * (2 - rate); then clipped to
     [0, 1]. Accepts floats or 0-d tensors; returns a float.
@@ -160,7 +159,7 @@ def update_threshold(
 
 
 def update_label_bank(bank: Tensor | None, labels: Tensor, *, bank_size: int) -> Tensor:
-    """Push the newest hard labels into the label bank (divclust.md §4 step 2).
+    """Push the newest hard labels into the label bank (docs/methods/divclust.md step 2).
 
     Args:
         bank: [C, M] int64 labels of previous steps, newest first (None or M = 0 when empty).

@@ -1,12 +1,12 @@
 """HaDis losses: hardness-aware self-distillation (HSD) on top of ProPos's alignment and prototype loss.
 
 Paper: Zhang & Huang, "Deep Clustering with Diffused Sampling and Hardness-aware Self-distillation",
-arXiv 2401.14038. Spec: ``shared/specs/hadis.md`` section 4 (losses) and section 10 (API). Official code:
+arXiv 2401.14038. docs/methods/hadis.md section 4 (losses) and section 10 (API). Official code:
 ``Regan-Zhang/HaDis`` @ 36aab39 (class ``HSD``). The paper's diffused sampling alignment (DSA) and prototypical
 contrastive loss are, in the official code, exactly ProPos's PSA and PSL: they are imported from
 ``losses/propos.py``, not re-implemented.
 
-Official behaviour kept here (spec 4.2, 9): HSD rows are *teacher* anchors and columns *students*; an anchor's
+Official behaviour kept here: HSD rows are *teacher* anchors and columns *students*; an anchor's
 negatives are the samples whose teacher-teacher distance strictly exceeds the anchor's own teacher-student
 distance; squared distances are clamped at 1e-12 before the square root (distance floor 1e-6); a row without a
 negative uses the constant 1e5 with weight 0; the hardness weights and the teacher carry no gradient.
@@ -37,7 +37,7 @@ def _pairwise_distances(anchors: Tensor, others: Tensor) -> Tensor:
 
 
 def hardness_aware_self_distillation_loss(teacher: Tensor, student: Tensor, *, tau: float = 0.5) -> Tensor:
-    """Spec 4.2, HSD for one direction; returns a scalar.
+    """HSD for one direction; returns a scalar.
 
     teacher: (B, D) target projection (a constant: detached here); student: (B, D) predictor output on the noisy
     online projection (the same tensor as the alignment uses). Rows of both are L2-normalised here. B >= 2.

@@ -1,10 +1,10 @@
 """IIC loss: invariant information clustering (Ji, Henriques, Vedaldi, ICCV 2019).
 
-Implements ``../shared/specs/iic.md`` §4 / §10, i.e. the official ``IID_loss`` / ``compute_joint``
+Implements docs/methods/iic.md, i.e. the official ``IID_loss`` / ``compute_joint``
 of ``xu-ji/IIC``: the negative mutual information between the cluster assignments of an image
 and of its transformed partner, estimated from the symmetrised K x K joint of a batch.
 
-Differences from the official code (spec §9):
+Differences from the official code:
 - the official function clamps small entries *in place*, writing into ``expand``-ed marginals;
   on current PyTorch its ``backward()`` fails. Here the clamp is out of place
   (``torch.where``), which gives the same values and the same gradients (zero gradient through
@@ -48,7 +48,7 @@ def _compute_dtype(p_i: torch.Tensor, p_j: torch.Tensor) -> torch.dtype:
 
 
 def iic_joint(p_i: torch.Tensor, p_j: torch.Tensor) -> torch.Tensor:
-    """Symmetrised, normalised K x K joint distribution (spec iic.md §4.1; paper Eq. 4).
+    """Symmetrised, normalised K x K joint distribution (docs/methods/iic.md; paper Eq. 4).
 
     ``J~ = sum_n p_i[n]^T p_j[n]``, ``J~ <- (J~ + J~^T) / 2``, ``J = J~ / sum(J~)`` (divided by the
     total, which equals N for probability rows).
@@ -76,7 +76,7 @@ def iic_loss(
     lamb: float = 1.0,
     eps: float = sys.float_info.epsilon,
 ) -> torch.Tensor:
-    """IIC loss ``-sum_{k,l} J_kl (log J_kl - lamb log m_col_l - lamb log m_row_k)`` (spec iic.md §4;
+    """IIC loss ``-sum_{k,l} J_kl (log J_kl - lamb log m_col_l - lamb log m_row_k)`` (docs/methods/iic.md;
     paper Eq. 3, official ``IID_loss``).
 
     The marginals are taken from the unclamped joint; then the joint and both marginals are

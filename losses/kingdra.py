@@ -1,11 +1,11 @@
 """Kingdra (Gupta et al., ICLR 2020): Ladder-IM losses and the ensemble pseudo-label machinery, as the official
 code (divamgupta/deep-clustering-kingdra @ c16d3e1) computes them.
 
-Spec: shared/specs/kingdra.md §2 (ladder network pieces), §4 (losses), §5 (similarity graph, pseudo-labels,
-alignment, balanced set), §7 (ensemble prediction, ACC) and §10 (this API contract). Every function is pure: no
+the ladder network pieces, the losses, the similarity graph and pseudo-labels (with their alignment and
+balanced set), and the ensemble prediction and ACC (docs/methods/kingdra.md). Every function is pure: no
 module state, no randomness (callers shuffle the balanced set with their own generator).
 
-Where the paper and the code differ, the code is followed (spec §9):
+Where the paper and the code differ, the code is followed:
 * the similarity graph checks only the SEED point's confidence, with strict thresholds (`>`), so the first group
   may contain unconfident points;
 * the ladder cost compares the reconstruction with the clean encoder value without re-normalising it and without
@@ -47,7 +47,7 @@ def _entropy_rows(p: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------- losses
 
 def im_loss(logits: Tensor, *, mu: float = 4.0) -> Tensor:
-    """Information-maximisation loss (spec §4 `IM`, official `mut_inf_loss`).
+    """Information-maximisation loss (the official code `IM`, official `mut_inf_loss`).
 
     p_i = softmax(logits_i), p_bar = mean_i p_i: returns mean_i H(p_i) - mu * H(p_bar). logits: (B, K).
     """
@@ -57,7 +57,7 @@ def im_loss(logits: Tensor, *, mu: float = 4.0) -> Tensor:
 
 
 def noise_kl(clean_logits: Tensor, corr_logits: Tensor) -> Tensor:
-    """KL(clean || corrupted) (spec §4 `NKL`): mean_i sum_k p_ik (log(p_ik + 1e-16) - log(q_ik + 1e-16)).
+    """KL(clean || corrupted) (the official code `NKL`): mean_i sum_k p_ik (log(p_ik + 1e-16) - log(q_ik + 1e-16)).
 
     p = softmax(clean_logits) with the gradient stopped (official `tf.stop_gradient`), q = softmax(corr_logits).
     Both (B, K).
@@ -69,7 +69,7 @@ def noise_kl(clean_logits: Tensor, corr_logits: Tensor) -> Tensor:
 
 
 def ladder_batchnorm(x: Tensor, *, eps: float = BN_EPS) -> Tensor:
-    """Parameter-free batch normalisation of the ladder (spec §2): (x - mean_b) / sqrt(var_b + eps).
+    """Parameter-free batch normalisation of the ladder: (x - mean_b) / sqrt(var_b + eps).
 
     Batch statistics only (training and prediction), biased (population) variance, no affine part. x: (B, D).
     """
@@ -80,7 +80,7 @@ def ladder_batchnorm(x: Tensor, *, eps: float = BN_EPS) -> Tensor:
 
 
 def ladder_combinator(z_corr: Tensor, u: Tensor, params: Tensor) -> Tensor:
-    """The "vanilla" per-unit denoising function g(z~, u) of Rasmus et al. (spec §2, official `G_Guass`).
+    """The "vanilla" per-unit denoising function g(z~, u) of Rasmus et al..
 
     params: (10, D), rows a1..a10. mu = a1 sigmoid(a2 u + a3) + a4 u + a5, v = a6 sigmoid(a7 u + a8) + a9 u + a10,
     returns (z_corr - mu) * v + mu. z_corr, u: (B, D).
@@ -95,9 +95,9 @@ def ladder_combinator(z_corr: Tensor, u: Tensor, params: Tensor) -> Tensor:
 
 
 def denoising_cost(z_est: Tensor, z_clean: Tensor, *, weight: float = 1.0) -> Tensor:
-    """Ladder layer cost (spec §2/§4): weight * mean_b sum_d (z_est - z_clean)^2 / D.
+    """Ladder layer cost: weight * mean_b sum_d (z_est - z_clean)^2 / D.
 
-    z_clean is the clean encoder value, used as is: no re-normalisation and no stop-gradient (spec §9.7), so the
+    z_clean is the clean encoder value, used as is: no re-normalisation and no stop-gradient, so the
     gradient reaches both arguments. Both (B, D).
     """
     _check_same(z_est, z_clean, "denoising_cost")
@@ -105,7 +105,7 @@ def denoising_cost(z_est: Tensor, z_clean: Tensor, *, weight: float = 1.0) -> Te
 
 
 def sup_ce_loss(prob: Tensor, target: Tensor) -> Tensor:
-    """Keras 2.1.4 `categorical_crossentropy` on probabilities (spec §4 `CE`): p <- p / sum_k p_k,
+    """Keras 2.1.4 `categorical_crossentropy` on probabilities (the official code `CE`): p <- p / sum_k p_k,
     p <- clip(p, 1e-7, 1 - 1e-7), mean over rows of -sum_k y_k log p_k. All-zero target rows give 0. (B, K) each.
     """
     _check_same(prob, target, "sup_ce_loss")
@@ -202,7 +202,7 @@ class _HighAgreementGraph:
 @torch.no_grad()
 def kingdra_pseudo_labels(ensemble_probs: Tensor, *, t_low: int = 1, t_high: int = 9,
                           thresh: float = 0.9) -> Tensor:
-    """High-precision pseudo-labels from the ensemble's similarity graph (spec §5, official `get_en_clus`).
+    """High-precision pseudo-labels from the ensemble's similarity graph.
 
     ensemble_probs: (M, N, K) softmax outputs of the M members. Returns (N,) int64: group index (extraction
     order, at most K groups) or -1 for points left unlabelled.
@@ -320,7 +320,7 @@ def _check_labels(x: Tensor, name: str, what: str) -> None:
 
 @torch.no_grad()
 def align_pseudo_labels(pseudo_labels: Tensor, model_pred: Tensor) -> Tensor:
-    """Rename pseudo-label groups to a model's cluster ids (spec §5, official `get_bucket_modelwrt_ind`).
+    """Rename pseudo-label groups to a model's cluster ids.
 
     Over the labelled points: W[c, b] = #points with model id c and group b, square of size D = max id + 1;
     maximum-weight matching (Munkres on W.max() - W, scikit-learn 0.20 tie-breaking); group b becomes its
@@ -352,7 +352,7 @@ def align_pseudo_labels(pseudo_labels: Tensor, model_pred: Tensor) -> Tensor:
 
 @torch.no_grad()
 def balanced_pseudo_label_set(pseudo_labels: Tensor) -> tuple[Tensor, Tensor]:
-    """The class-balanced supervised set of N rows (spec §5, official `get_training_from_buckets`, no smoothing).
+    """The class-balanced supervised set of N rows.
 
     pseudo_labels: (N,) with classes 0..K-1 (K = max + 1, every class non-empty) and -1 for unlabelled points.
     Row p takes class p mod K and that class's next member (members in ascending index order, each class wrapping
@@ -379,7 +379,7 @@ def balanced_pseudo_label_set(pseudo_labels: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def ensemble_predict(ensemble_probs: Tensor, *, common_mapping: bool = True) -> Tensor:
-    """Final labels (spec §7): argmax of the members' mean softmax, or of member 0 alone when common_mapping is
+    """Final labels: argmax of the members' mean softmax, or of member 0 alone when common_mapping is
     False (CIFAR-10 config). ensemble_probs (M, N, K) -> (N,) int64."""
     _check_probs(ensemble_probs, "ensemble_predict")
     probs = ensemble_probs.mean(dim=0) if common_mapping else ensemble_probs[0]
@@ -387,8 +387,8 @@ def ensemble_predict(ensemble_probs: Tensor, *, common_mapping: bool = True) -> 
 
 
 def cluster_acc(y_true: Tensor, y_pred: Tensor) -> Tensor:
-    """Clustering accuracy (spec §7, official `ACC`): D = max(max pred, max true) + 1, w[pred, true] (D x D),
-    the best one-to-one matching's matched count / N. Any optimal matching gives this value (spec §9.1), so
+    """Clustering accuracy: D = max(max pred, max true) + 1, w[pred, true] (D x D),
+    the best one-to-one matching's matched count / N. Any optimal matching gives this value, so
     scipy's solver is used. Returns a float64 scalar tensor."""
     from scipy.optimize import linear_sum_assignment
 

@@ -1,18 +1,18 @@
 """L2C pairwise criteria: MCL and KCL, the similarity network's loss, and their pair bookkeeping.
 
-Spec: shared/specs/l2c.md §4 (losses), §7 (ACC) and §10 (API contract). Papers: Hsu & Kira 2016 (KCL), Hsu, Lv &
-Kira ICLR 2018 (L2C, the similarity prediction network), Hsu et al. ICLR 2019 (MCL). The spec follows the official
+Documentation: docs/methods/l2c.md. Papers: Hsu & Kira 2016 (KCL), Hsu, Lv &
+Kira ICLR 2018 (L2C, the similarity prediction network), Hsu et al. ICLR 2019 (MCL). The framework follows the official
 PyTorch code (GT-RIPL/L2C), and so does this module, including where the code and the papers' wording differ:
 
 * Pairs: all N^2 ordered pairs of the batch, self-pairs (a, a) included, both (a, b) and (b, a); pair k = a*N + b
   is row a, column b of the N x N target matrix. The mean runs over all of them (or over the kept ones).
 * A target of 0 ("unknown") is NOT ignored, despite the official comment: MCL adds -log(eps) for such a pair,
   KCL adds KL + max(0, margin - KL) (PyTorch HingeEmbeddingLoss semantics). The keep-mask is the only way to leave
-  pairs out (spec §9.1).
+  pairs out.
 * eps = 1e-7 is added to the probabilities (KCL, both sides, no renormalisation) or to the pair probability (MCL),
-  it is not a clamp (spec §9.4).
+  it is not a clamp.
 * KCL's target side p_a is detached, so each ordered pair back-propagates into its prediction side p_b only; the
-  symmetric KCL cost of the paper comes from enumerating both orders (spec §4.4, §9.3).
+  symmetric KCL cost of the paper comes from enumerating both orders.
 
 All functions are pure (no state, no randomness); tensors may live on any device; the float dtype follows `prob`
 (or `pair_logits`).
@@ -55,7 +55,7 @@ def _labels(labels: Tensor, caller: str) -> Tensor:
 
 
 def pair_enum(x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Enumerate the ordered pairs of the rows of x (spec §4.1, the official `PairEnum`).
+    """Enumerate the ordered pairs of the rows of x.
 
     x: (N, D). Returns (x1, x2), each (P, D) with P = N^2, or the number of nonzero entries of the (N, N) mask.
     Pair k = a*N + b (row-major, row a, column b) has x1[k] = x[b] and x2[k] = x[a]; a mask keeps its pairs in
@@ -74,7 +74,7 @@ def pair_enum(x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
 
 
 def pairwise_targets(labels: Tensor, *, mode: str = "hinge") -> Tensor:
-    """Dense pairwise targets from class labels (spec §4.2, the official `Class2Simi`), as an (N, N) matrix.
+    """Dense pairwise targets from class labels, as an (N, N) matrix.
 
     "hinge": float64, +1 where labels[a] == labels[b], -1 otherwise (targets of MCL / KCL).
     "cls":   int64, 1 where equal, 0 otherwise (targets of the similarity network's cross-entropy).
@@ -101,10 +101,10 @@ def _batch_size_of_pairs(pair_logits: Tensor, caller: str) -> int:
 
 
 def spn_logits_to_simi(pair_logits: Tensor) -> Tensor:
-    """Hard clustering targets from the similarity network (spec §4.6): (N*N, 2) logits -> (N, N) matrix.
+    """Hard clustering targets from the similarity network: (N*N, 2) logits -> (N, N) matrix.
 
     +1 where argmax == 1 ("similar"), else -1 (never 0), in the dtype of `pair_logits`; row a*N + b -> [a, b]. The
-    result may be asymmetric (the network sees [f_b, f_a], spec §9.7). No gradient flows (argmax).
+    result may be asymmetric (the network sees [f_b, f_a], the official code). No gradient flows (argmax).
     """
     n = _batch_size_of_pairs(pair_logits, "spn_logits_to_simi")
     if not pair_logits.is_floating_point():
@@ -115,7 +115,7 @@ def spn_logits_to_simi(pair_logits: Tensor) -> Tensor:
 
 
 def spn_pair_loss(pair_logits: Tensor, labels: Tensor) -> Tensor:
-    """Dense-pair-similarity ("DPS") loss of the similarity network (spec §4.5).
+    """Dense-pair-similarity ("DPS") loss of the similarity network.
 
     pair_logits: (N*N, 2), row a*N + b for pair (a, b); labels: (N,) integer classes. Plain cross-entropy, mean
     over all N^2 ordered pairs (self-pairs included), targets 1 = same class, 0 = different; no re-weighting.
@@ -129,7 +129,7 @@ def spn_pair_loss(pair_logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def mcl_loss(prob: Tensor, simi: Tensor, mask: Tensor | None = None, *, eps: float = EPS) -> Tensor:
-    """Meta Classification Likelihood (Hsu et al. ICLR 2019; spec §4.3): mean over kept ordered pairs of
+    """Meta Classification Likelihood (Hsu et al. ICLR 2019; the official code): mean over kept ordered pairs of
     -log(P_ab + eps), with s_ab = p_a . p_b and P_ab = s_ab * S_ab + [S_ab == -1].
 
     prob: (N, K) softmax rows; simi: (N, N) targets, +1 similar / -1 dissimilar / 0 "unknown" (any numeric dtype,
@@ -153,7 +153,7 @@ def mcl_loss(prob: Tensor, simi: Tensor, mask: Tensor | None = None, *, eps: flo
 
 def kcl_loss(prob: Tensor, simi: Tensor, mask: Tensor | None = None, *, margin: float = 2.0,
              eps: float = EPS) -> Tensor:
-    """KL-divergence contrastive loss (Hsu & Kira 2016; spec §4.4): mean over kept ordered pairs (a, b) of
+    """KL-divergence contrastive loss (Hsu & Kira 2016; the official code): mean over kept ordered pairs (a, b) of
     KL_ab if S_ab = +1, max(0, margin - KL_ab) if S_ab = -1, and KL_ab + max(0, margin - KL_ab) otherwise (0),
     where KL_ab = sum_k (t_k + eps)(log(t_k + eps) - log(q_k + eps)), t = p_a detached (target side), q = p_b.
 
@@ -180,7 +180,7 @@ def kcl_loss(prob: Tensor, simi: Tensor, mask: Tensor | None = None, *, margin: 
 
 
 def cluster_acc(pred: Tensor, target: Tensor, *, n_clusters: int) -> Tensor:
-    """Clustering accuracy as the official `Confusion` (spec §7): a K x K confusion matrix (K = n_clusters; rows =
+    """Clustering accuracy as the official `Confusion`: a K x K confusion matrix (K = n_clusters; rows =
     ground-truth class, columns = predicted cluster), Hungarian assignment on -conf, ACC = matched / N.
 
     pred, target: (N,) integer tensors with values in [0, K). With K larger than the number of classes, each class

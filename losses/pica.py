@@ -1,11 +1,11 @@
 """PICA loss: partition confidence maximisation (Huang, Gong, Zhu, CVPR 2020).
 
-Implements ``../shared/specs/pica.md`` §4 / §10, i.e. the official ``PUILoss`` of
+Implements docs/methods/pica.md, i.e. the official ``PUILoss`` of
 ``Raymond-sci/PICA``: a K-way cross-entropy over the K x K *Partition Uncertainty Index* (cosine
 similarity between clean-view and perturbed-view cluster columns), plus lamda times the
 KL divergence between the clean view's batch cluster marginal and the uniform distribution.
 
-Differences from the paper text, following the official code (spec §4, §8, §9):
+Differences from the paper text, following the official code:
 - the PUI cross-entropy has no temperature and is averaged over the K rows;
 - the balance term uses the clean view only and, officially, no epsilon inside the log
   (``eps=0.0``: a cluster with exactly zero batch mass makes the loss NaN, as in the official
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 __all__ = ["pica_loss"]
 
-# F.normalize's default; the spec's column normalisation uses exactly this value.
+# F.normalize's default; the documented column normalisation uses exactly this value.
 _COLUMN_NORM_EPS = 1e-12
 
 
@@ -42,7 +42,7 @@ def _as_probability_matrix(name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def pica_loss(p_i: torch.Tensor, p_j: torch.Tensor, *, lamda: float = 2.0, eps: float = 0.0) -> torch.Tensor:
-    """PICA loss ``L_ce + lamda * L_ne`` (spec pica.md §4; paper Eq. 4-6, official ``PUILoss``).
+    """PICA loss ``L_ce + lamda * L_ne`` (docs/methods/pica.md; paper Eq. 4-6, official ``PUILoss``).
 
     Args:
         p_i: (N, K) softmax probabilities of the clean ("original") view.

@@ -34,7 +34,7 @@ __all__ = [
     "propos_objective",
 ]
 
-# Logit written into every column of a cluster absent from the batch (spec 4.4 step 3; official constant).
+# Logit written into every column of a cluster absent from the batch (official constant).
 ABSENT_CLUSTER_LOGIT = -10.0
 
 
@@ -105,7 +105,7 @@ def require_positive(name: str, value: float) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 def gaussian_positive_sampling(q: Tensor, noise: Tensor, *, latent_std: float = 0.001) -> Tensor:
-    """Spec 4.1: sample a positive around the raw online projection, ``q + latent_std * noise``.
+    """: sample a positive around the raw online projection, ``q + latent_std * noise``.
 
     q: (B, D) raw (un-normalised) online projection; noise: (B, D) standard-normal draws made by the caller.
     Returns (B, D). The model passes ``latent_std=0.0`` during warm-up; the predictor is applied to the result.
@@ -118,7 +118,7 @@ def gaussian_positive_sampling(q: Tensor, noise: Tensor, *, latent_std: float = 
 
 
 def alignment_loss(pred: Tensor, target: Tensor, *, offset: float = 0.0) -> Tensor:
-    """Spec 4.2 (one direction of PSA): ``offset - 2 * mean_i cos(pred_i, target_i)``.
+    """(one direction of PSA): ``offset - 2 * mean_i cos(pred_i, target_i)``.
 
     pred: (B, D) predictor output; target: (B, D) target projection, detached here (stop-gradient).
     ``offset=0`` is the official default path (values are negative); ``offset=2`` is the ``v2``/BYOL form.
@@ -135,7 +135,7 @@ def alignment_loss(pred: Tensor, target: Tensor, *, offset: float = 0.0) -> Tens
 # ----------------------------------------------------------------------------------------------------------------
 
 def compute_prototypes(features: Tensor, labels: Tensor, *, num_clusters: int) -> Tensor:
-    """Spec 4.3: row c = L2-normalised mean of the feature rows labelled c; a zero row for an empty cluster.
+    """: row c = L2-normalised mean of the feature rows labelled c; a zero row for an empty cluster.
 
     features: (N, D), used as given (not re-normalised here); labels: (N,) integers in [0, K).
     Returns (K, D), differentiable w.r.t. ``features`` (prototypes are not detached).
@@ -153,7 +153,7 @@ def compute_prototypes(features: Tensor, labels: Tensor, *, num_clusters: int) -
 
 def prototype_scattering_loss(q: Tensor, k: Tensor, labels: Tensor, present_labels: Tensor | None = None, *,
                               num_clusters: int, temperature: float = 0.5) -> Tensor:
-    """Spec 4.4 (one direction of PSL), paper Eq. for the prototype scattering loss.
+    """(one direction of PSL), paper Eq. for the prototype scattering loss.
 
     q: (N, D) online projections (raw; rows L2-normalised here); k: (N, D) target projections (rows normalised
     here, detached); labels: (N,) pseudo-labels; present_labels: optional (M,) labels that define which clusters

@@ -1,6 +1,6 @@
 """Reference clustering metrics on the host (numpy / scipy / scikit-learn): ACC, NMI, ARI.
 
-Spec: shared/specs/torch_clustering.md §1.3 and §2 (Metrics). Values are fractions in [0, 1] (ARI may be < 0).
+docs/torch_clustering.md (Metrics). Values are fractions in [0, 1] (ARI may be < 0).
 * NMI: scikit-learn `normalized_mutual_info_score(average_method='arithmetic')`.
 * ARI: scikit-learn `adjusted_rand_score`.
 * ACC: Hungarian matching (`scipy.optimize.linear_sum_assignment`) of predicted clusters to classes on the

@@ -1,7 +1,6 @@
 """Diversity between clusterings: pairwise NMI of C hard clusterings of the same samples.
 
-Spec: ``shared/specs/divclust.md`` §4 (training-time NMI of the label bank), §5 (measured diversity D^R)
-and §9 (API contract).
+the training-time NMI of the label bank and the measured diversity D^R (docs/methods/divclust.md).
 
 The NMI is scikit-learn's ``normalized_mutual_info_score`` with the arithmetic mean normalisation and the
 natural log, including its limit cases (both labellings constant, or empty -> 1.0; mutual information 0 ->
@@ -136,7 +135,7 @@ def _pairwise_nmi(labels: Tensor, first: Tensor, second: Tensor) -> Tensor:
 
 
 def inter_clustering_nmi(labels: Tensor | np.ndarray) -> np.ndarray:
-    """[C, N] hard labels -> [C, C] float64 matrix of pairwise NMI (divclust.md §5, §9).
+    """[C, N] hard labels -> [C, C] float64 matrix of pairwise NMI (docs/methods/divclust.md).
 
     Entry (a, b) is scikit-learn's ``normalized_mutual_info_score(labels[a], labels[b])`` (arithmetic
     normalisation, natural log); the diagonal is NMI(a, a) (= 1.0). Labels need not be contiguous. The
@@ -154,7 +153,7 @@ def inter_clustering_nmi(labels: Tensor | np.ndarray) -> np.ndarray:
 
 def mean_inter_clustering_nmi(labels: Tensor | np.ndarray) -> float:
     """Mean over the pairs a < b of NMI(labels[a], labels[b]), unrounded: the measured diversity D^R
-    (divclust.md §5; the training-time D of §4 on the label bank). ``nan`` when C < 2."""
+    (docs/methods/divclust.md; the training-time D on the label bank). ``nan`` when C < 2."""
     labels = _as_label_tensor(labels)
     num_clusterings = labels.shape[0]
     if num_clusterings < 2:

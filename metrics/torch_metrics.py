@@ -1,6 +1,6 @@
 """Clustering metrics as torch ops on the labels' device (no host synchronisation when the sizes are given).
 
-Spec: shared/specs/torch_clustering.md §2 (Metrics). They equal the scikit-learn definitions that
+docs/torch_clustering.md (Metrics). They equal the scikit-learn definitions that
 `metrics.clustering` wraps (NMI with arithmetic normalisation, ARI), computed from a float64 contingency matrix.
 Pairs in which either label is negative (e.g. ground truth -1 = unknown) are ignored.
 """

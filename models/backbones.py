@@ -99,9 +99,9 @@ class SobelFilter(nn.Module):
     """Fixed Sobel front end of PICA and IIC: (N, C, H, W) -> (N, 2, H, W), the x- and y-gradients (3x3 kernels
     [[1,0,-1],[2,0,-2],[1,0,-1]] and [[1,2,1],[0,0,0],[-1,-2,-1]], padding 1, no bias) of one grey channel.
 
-    grey="mean": the channel mean of the (normalised) input, PICA's 1x1 convolution with weights 1/C (pica.md §2).
+    grey="mean": the channel mean of the (normalised) input, PICA's 1x1 convolution with weights 1/C (docs/methods/pica.md).
     grey="luma": ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B of [0, 1] RGB, the grey image of IIC's PIL
-    `convert("L")` (iic.md §3) without PIL's rounding to 8 bits. One-channel input is used as it is.
+    `convert("L")` (docs/methods/iic.md) without PIL's rounding to 8 bits. One-channel input is used as it is.
     The kernels are buffers, not parameters: nothing here is trained or seen by the optimiser.
     """
 

@@ -76,7 +76,7 @@ class DigPro(MomentumFamily):
 
     @torch.no_grad()
     def reset_groups(self, step: int) -> None:
-        """Group features <- L2-normalised k-means centres of the memory bank (spec digpro.md §2.1)."""
+        """Group features <- L2-normalised k-means centres of the memory bank (docs/methods/digpro.md)."""
         from torch_clustering import KMeans
 
         start = time.perf_counter()

@@ -7,7 +7,7 @@ set of those labels; repeat.
 
 How it fits the common trainer:
 * The members are ONE module with stacked parameters (member axis first): every layer is one batched matmul and
-  every loss is the spec's pure function vmapped over the members, so an ensemble of M trains in one pass. The
+  every loss is the documented pure function vmapped over the members, so an ensemble of M trains in one pass. The
   loss is the sum of the members' losses; Adam is elementwise, so this equals M separately optimised models.
 * An outer iteration is a run of trainer epochs (`epochs_per_iter0` while no pseudo-labels exist, then
   `epochs_per_iter`); `on_epoch_end` closes it: full-data predictions, pseudo-labels, bookkeeping, balanced sets.
@@ -89,7 +89,7 @@ def _glorot_normal_(weight: Tensor) -> Tensor:
 
 
 class LadderEnsemble(nn.Module):
-    """M Ladder-IM networks (spec §2) as stacked tensors: encoder W_l (M, d_{l-1}, d_l), shifts beta_l (M, d_l),
+    """M Ladder-IM networks as stacked tensors: encoder W_l (M, d_{l-1}, d_l), shifts beta_l (M, d_l),
     decoder V_l (M, d_{l+1}, d_l) and combinator parameters (M, 10, d_l). No biases, no BN gain."""
 
     def __init__(self, members: int, widths: list[int], *, last_layer_bn: bool):
@@ -146,7 +146,7 @@ class LadderEnsemble(nn.Module):
 
     def ladder_cost(self, corr_logits: Tensor, corr_z: list[Tensor], clean_z: list[Tensor],
                     weights: list[float]) -> Tensor:
-        """(M,) sum_l lambda_l C_l: decoder from the corrupted logits down to the input (spec §2)."""
+        """(M,) sum_l lambda_l C_l: decoder from the corrupted logits down to the input."""
         cost = corr_logits.new_zeros(self.members)
         z_est = None
         for layer in range(self.layers, -1, -1):
@@ -325,7 +325,7 @@ class Kingdra(ClusteringMethod):
 
     @torch.no_grad()
     def _end_outer_iteration(self, ctx) -> None:
-        """Spec §6 steps 1 (predict) to 4: pseudo-labels, min_labels bookkeeping, alignment, balanced sets,
+        """Steps 1 (predict) to 4: pseudo-labels, min_labels bookkeeping, alignment, balanced sets,
         loss weights."""
         kc, k, m, n = self.kc, self.num_clusters, self.members, self.num_samples
         probs = self._predict_all()                                       # (M, N, K), full-data statistics

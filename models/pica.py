@@ -26,7 +26,6 @@ weight 2/C); the trainer adds it once (`divclust.weight` 1.0 -> 1/C). DivClust's
 the crop: add `--pica_augmentation.resize 32` to match it, which also drops the clean view's crop).
 
 Differences from the official code, on purpose or forced:
-- `drop_last=True` (the trainer's loader) instead of a smaller last batch;
 - the clean-view crop and the evaluation centre crop are taken from the stored image resized by a bilinear
   `grid_sample` / antialiased interpolation (datasets/batch_augment.py), not PIL;
 - evaluation reports the final epoch (no best-ACC checkpoint);
@@ -42,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from datasets import DataRequest
+from datasets.samplers import ShuffledBatches
 from engine.config import ConfigError, Key, Section, at_least, each, non_negative
 from engine.distributed import gather_with_grad
 from losses.pica import pica_loss
@@ -71,6 +71,13 @@ class PICA(LowestLossHeadSelection, ClusteringMethod):
     @classmethod
     def data_request(cls, cfg) -> DataRequest:
         return DataRequest(views=1 + int(cfg.pica.repeats))
+
+    def batch_sampler(self, ctx):
+        """Shuffled batches with the last partial batch kept, as the official loaders (drop_last False); a last
+        batch of one image is dropped (BatchNorm cannot normalise one sample in training)."""
+        n, batch = len(ctx.data.train), int(self.cfg.batch_size)
+        return ShuffledBatches(n, batch_size=batch, rank=ctx.rank, world_size=ctx.world_size, seed=ctx.seed,
+                               keep_last=n % batch != 1)
 
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time consensus clustering on the spec's synthetic check (``shared/specs/consensus.md`` §3-§4).
+"""Time consensus clustering on the documented synthetic check (docs/methods/divclust.md).
 
 A planted labelling of N points into K clusters; C base clusterings, each a random renaming of it with a
 fraction ``--noise`` of the points moved to a random cluster. Every method is timed on the same ensemble

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Consensus clustering of saved predictions (``shared/specs/consensus.md``).
+"""Consensus clustering of saved predictions (docs/methods/divclust.md).
 
 Usage:
     python scripts/consensus.py RUN_DIR_or_NPZ [--method sccbg] [--num_clusters K] [--gamma G] [--seed 0]

@@ -1,7 +1,7 @@
 """Write an .npz of image features from a pretrained torchvision backbone, for methods that cluster feature vectors
 (Kingdra's CIFAR-10 and STL-10 presets read them with `--dataset npz`).
 
-Kingdra (after IMSAT) clusters 2048-d ImageNet-pretrained ResNet-50 features (kingdra.md §3, repo issue #10). Any
+Kingdra (after IMSAT) clusters 2048-d ImageNet-pretrained ResNet-50 features (docs/methods/kingdra.md, repo issue #10). Any
 torchvision classification model works whose weights file you have on disk; nothing is downloaded:
 
     python scripts/extract_features.py --dataset cifar10 --data_root ~/data --backbone resnet50 \\

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The L2C Omniglot transfer protocol (spec l2c.md §3.3-3.4, §6.2-6.3, §8): one similarity network trained with
+"""The L2C Omniglot transfer protocol (docs/methods/l2c.md): one similarity network trained with
 labels on Omniglot background, then MCL or KCL on each of the 20 evaluation alphabets separately, ACC averaged.
 
 Usage:
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import main as entry  # noqa: E402
 
-# The 20 evaluation alphabets and their numbers of characters (spec l2c.md §3.4; 659 in all).
+# The 20 evaluation alphabets and their numbers of characters (docs/methods/l2c.md; 659 in all).
 ALPHABETS = {
     "Angelic": 20, "Atemayar_Qelisayer": 26, "Atlantean": 26, "Aurek-Besh": 26, "Avesta": 26, "Ge_ez": 26,
     "Glagolitic": 45, "Gurmukhi": 45, "Kannada": 41, "Keble": 26, "Malayalam": 47, "Manipuri": 40,

@@ -47,13 +47,27 @@ def say(message: str) -> None:
     print(f"[reproduce] {message}", flush=True)
 
 
+def split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the script's own arguments, the main.py arguments after `--`)."""
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
+def extra_keys(extra: list[str]) -> list[str]:
+    """The config keys that the main.py arguments set (`--key value` or `--key=value`)."""
+    return [a[2:].partition("=")[0] for a in extra if a.startswith("--")]
+
+
+def script_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    extra: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
-    parser = argparse.ArgumentParser(prog="reproduce.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    argv, extra = split_extra(argv)
+    parser = script_parser("reproduce.py", __doc__)
     parser.add_argument("--preset", required=True, help="preset name (configs/<preset>.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run (default 0 1 2)")
     parser.add_argument("--runs_root", default="runs", help="output_dir of the runs (default runs)")
@@ -70,8 +84,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         parser.error("--torchrun N needs N >= 1 (or 0 for in-process runs)")
     if args.tag and any(c in args.tag for c in "/\\ "):
         parser.error("--tag must be a plain name (no slashes or spaces)")
-    for arg in extra:
-        key = arg[2:].partition("=")[0] if arg.startswith("--") else None
+    for key in extra_keys(extra):
         if key in OWN_KEYS:
             parser.error(f"--{key} is set by reproduce.py for every seed; remove it from the arguments after --")
     return args, extra

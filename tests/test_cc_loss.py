@@ -1,4 +1,4 @@
-"""CC losses against the spec's formulas (cc.md §4), computed here with explicit Python loops."""
+"""CC losses against the documented formulas (docs/methods/cc.md), computed here with explicit Python loops."""
 import math
 
 import pytest

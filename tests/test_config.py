@@ -188,3 +188,11 @@ def test_cli_error_is_one_paragraph_without_traceback():
     proc = subprocess.run([sys.executable, "main.py", "--epoch", "3"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "did you mean" in proc.stderr.lower()
+
+
+def test_an_optional_string_key_takes_yaml_words_as_written():
+    from engine.run import load_config
+
+    assert load_config(["--run_name", "on"]).run_name == "on"           # YAML would read True
+    assert load_config(["--run_name", "2024"]).run_name == "2024"
+    assert load_config(["--resume", "false"]).resume is None            # "no resume", as users write it

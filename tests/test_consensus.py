@@ -1,4 +1,4 @@
-"""Consensus clustering (shared/specs/consensus.md): SCCBG, HBGF, co-association, dispatcher and script."""
+"""Consensus clustering (docs/methods/divclust.md): SCCBG, HBGF, co-association, dispatcher and script."""
 
 from __future__ import annotations
 

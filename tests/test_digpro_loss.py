@@ -1,4 +1,4 @@
-"""Tests of losses/digpro.py against shared/specs/digpro.md section 4, computed independently with loops."""
+"""Tests of losses/digpro.py against docs/methods/digpro.md section 4, computed independently with loops."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from losses.digpro import (assign_groups, digpro_objective, dynamic_grouping_los
 from losses.propos import propos_objective
 
 # ---------------------------------------------------------------------------------------------------------------
-# independent reference: explicit loops over spec 4.2-4.4 (python floats)
+# independent reference: explicit loops over (python floats)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -136,7 +136,7 @@ def test_dynamic_grouping_loss_matches_loop_reference(seed: int):
 
 
 def test_targets_use_old_groups():
-    # spec 10: with beta = 0.2 and large q the updated groups assign many targets differently
+    # with beta = 0.2 and large q the updated groups assign many targets differently
     q, k, p, groups = _case(4, b=32, d=8, g=6, scale=20.0)
     args = (_lists(q), _lists(k), _lists(p), _lists(groups), 0.2, 0.1)
     old_targets = ref_assign(_lists(k), _lists(groups))

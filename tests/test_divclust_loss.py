@@ -1,4 +1,4 @@
-"""DivClust loss and threshold mechanism (shared/specs/divclust.md §3, §4, §9)."""
+"""DivClust loss and threshold mechanism (docs/methods/divclust.md)."""
 
 from __future__ import annotations
 

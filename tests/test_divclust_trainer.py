@@ -1,4 +1,4 @@
-"""The trainer's DivClust state: threshold and label bank follow the spec's mechanism and survive a checkpoint."""
+"""The trainer's DivClust state: threshold and label bank follow the documented mechanism and survive a checkpoint."""
 import io
 
 import pytest

@@ -1,4 +1,4 @@
-"""Inter-clustering NMI (shared/specs/divclust.md §5, §9) against scikit-learn and a hand computation."""
+"""Inter-clustering NMI (docs/methods/divclust.md) against scikit-learn and a hand computation."""
 
 from __future__ import annotations
 

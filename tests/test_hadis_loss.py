@@ -1,4 +1,4 @@
-"""Tests of losses/hadis.py against shared/specs/hadis.md section 4.2, computed independently with loops."""
+"""Tests of losses/hadis.py against docs/methods/hadis.md section 4.2, computed independently with loops."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from losses.hadis import hadis_objective, hardness_aware_self_distillation_loss,
 from losses.propos import propos_objective
 
 # ---------------------------------------------------------------------------------------------------------------
-# independent reference: explicit loops over spec 4.2 (python floats)
+# independent reference: explicit loops over (python floats)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -126,7 +126,7 @@ def test_hsd_anchor_without_negative():
 
 def test_hsd_gradient_matches_frozen_weight_finite_differences():
     # gradcheck against the full function does not apply: the hardness weights are stop-gradient functions of
-    # the student. The spec's gradient is that of HSD with mined columns and weights held fixed.
+    # the student. The documented gradient is that of HSD with mined columns and weights held fixed.
     teacher, student = _pair(5, b=6, d=4)
     t_np, s_np = teacher.numpy(), student.numpy()
     mining = ref_hsd_mining(t_np, s_np)

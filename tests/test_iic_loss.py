@@ -1,4 +1,4 @@
-"""Tests for losses.iic.iic_joint / iic_loss (spec iic.md §4, §9, §10)."""
+"""Tests for losses.iic.iic_joint / iic_loss (docs/methods/iic.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ EPS = sys.float_info.epsilon
 
 
 # ---------------------------------------------------------------------------------------------
-# Independent reference: spec §4 as explicit loops over scalar entries. Scalars stay 0-dim
+# Independent reference: the official code as explicit loops over scalar entries. Scalars stay 0-dim
 # torch tensors so that autograd gives reference gradients; the clamp is a Python branch that
 # replaces a small entry by a constant (hence zero gradient through it).
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def test_hand_computed_soft_case():
 
 def test_clamped_entries_stay_in_the_sum():
     # One-hot identity pairs: J = diag(.5, .5); the zero off-diagonal entries are clamped to eps
-    # and still contribute -eps * (log eps - 2 log .5) each (spec §4.3).
+    # and still contribute -eps * (log eps - 2 log .5) each.
     p = torch.eye(2, dtype=torch.float64)
     want = -math.log(2) - 2 * EPS * (math.log(EPS) + 2 * math.log(2))
     got = iic_loss(p, p.clone()).item()
@@ -110,7 +110,7 @@ def test_marginals_are_taken_before_clamping():
 
 
 # ---------------------------------------------------------------------------------------------
-# Behaviour the spec states
+# Documented behaviour
 # ---------------------------------------------------------------------------------------------
 def test_joint_is_symmetric_normalised_by_total_and_loss_is_symmetric():
     p, q = random_probs(7, 5, seed=5), random_probs(7, 5, seed=6, sharpness=4.0)
@@ -169,7 +169,7 @@ def test_gradcheck_float64(lamb):
 
 
 def test_backward_through_clamped_entries_is_finite_and_matches_reference():
-    # The official in-place clamp cannot back-propagate on current torch (spec §9.1); ours must,
+    # The official in-place clamp cannot back-propagate on current torch; ours must,
     # with zero gradient through the clamped entries.
     p = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.9, 0.1, 0.0]], dtype=torch.float64)
     q = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.8, 0.2], [1.0, 0.0, 0.0]], dtype=torch.float64)

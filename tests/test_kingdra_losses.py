@@ -1,4 +1,4 @@
-"""Kingdra's pure losses and ladder pieces (kingdra.md §2, §4) against formulas written out with Python loops."""
+"""Kingdra's pure losses and ladder pieces (docs/methods/kingdra.md) against formulas written out with Python loops."""
 import math
 
 import pytest

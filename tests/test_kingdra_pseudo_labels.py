@@ -1,4 +1,4 @@
-"""Kingdra's graph pseudo-labels, alignment, balanced set, ensemble prediction and ACC (kingdra.md §5, §7)."""
+"""Kingdra's graph pseudo-labels, alignment, balanced set, ensemble prediction and ACC (docs/methods/kingdra.md)."""
 import itertools
 
 import numpy as np
@@ -24,7 +24,7 @@ def probs_from_ids(ids, k, *, top=0.95, unconfident=()):
 
 
 def reference_pseudo_labels(probs, t_low, t_high, thresh):
-    """The spec's list algorithm (§5) written out literally, with the official sequential cleanup pass."""
+    """The documented list algorithm written out literally, with the official sequential cleanup pass."""
     p = probs.numpy()
     m, n, k = p.shape
     ids = p.argmax(-1)

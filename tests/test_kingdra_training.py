@@ -1,5 +1,5 @@
 """Kingdra end to end through main.main: outer iterations as epoch hooks, rising ensemble agreement, exact resume
-of the outer-iteration state, and the features path (kingdra.md §6)."""
+of the outer-iteration state, and the features path (docs/methods/kingdra.md)."""
 import json
 from pathlib import Path
 

@@ -1,7 +1,7 @@
 """torch_clustering under torch.distributed: 2 gloo processes on CPU (spawned once for the module).
 
-* replicated data (spec §2.7, the reference's mode): restarts split over ranks, identical result on every rank,
-  spec check KM-1 quality;
+* replicated data: restarts split over ranks, identical result on every rank,
+  the 60,000-point quality check quality;
 * sharded data (each rank holds a different, uneven slice): the gathered labels, centres and inertia equal the
   single-process result on the concatenated data, and every rank ends with the same centres;
 * an input error on one rank stops both ranks with the ValueError (no deadlock);
@@ -95,7 +95,7 @@ def test_replicated_restarts_give_the_same_result_on_both_ranks(two_ranks):
     assert len(a["restarts"]) == 20  # n_init restarts per rank, 2 ranks, listed in seed order
     X = data["km1"].double()
     sse = float(((X - a["centers"].double()[a["labels"]]) ** 2).sum())
-    assert sse <= 1.01 * 1_601_849.59  # spec §6 KM-1 bound
+    assert sse <= 1.01 * 1_601_849.59  # the official code KM-1 bound
     # the best of 20 restarts is at least as good as the single-process best of the first 10 seeds
     single = kmeans(data["km1"], 10)
     assert a["inertia"] <= float(single.inertia) * (1 + 1e-6)

@@ -1,5 +1,5 @@
 """L2C losses (losses/l2c.py) against hand-enumerated pairs and an independent per-pair reference of the official
-semantics (spec l2c.md §4): all N^2 ordered pairs with self-pairs, 0 targets kept, eps inside, KCL target detached."""
+semantics (docs/methods/l2c.md): all N^2 ordered pairs with self-pairs, 0 targets kept, eps inside, KCL target detached."""
 import math
 
 import pytest

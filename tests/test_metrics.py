@@ -1,4 +1,4 @@
-"""metrics: reference values of spec torch_clustering.md §2, rectangular Hungarian ACC against brute force, and the
+"""metrics: reference values of docs/torch_clustering.md, rectangular Hungarian ACC against brute force, and the
 torch NMI / ARI / contingency matrix against scikit-learn and explicit counting."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from metrics import (ari, ari_torch, cluster_acc, contingency_matrix, evaluate_c
 def _r1000() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.RandomState(0)
     y = rng.randint(0, 10, 1000)
-    noise = rng.rand(1000) < 0.7  # arguments evaluated left to right, as the spec writes them
+    noise = rng.rand(1000) < 0.7  # arguments evaluated left to right, as written
     p = np.where(noise, (y + 3) % 10, rng.randint(0, 10, 1000))
     return y, p
 

@@ -1,4 +1,4 @@
-"""Tests for losses.pica.pica_loss (spec pica.md §4, §9, §10)."""
+"""Tests for losses.pica.pica_loss (docs/methods/pica.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # hundreds of tiny float64 s
 
 
 # ---------------------------------------------------------------------------------------------
-# Independent reference: the formula of spec §4 written as explicit loops over scalar entries.
+# Independent reference: the formula of the official code written as explicit loops over scalar entries.
 # Scalars stay 0-dim torch tensors so that autograd gives reference gradients too.
 # ---------------------------------------------------------------------------------------------
 def reference_pica(p: torch.Tensor, q: torch.Tensor, lamda: float, eps: float) -> torch.Tensor:
@@ -81,7 +81,7 @@ def test_one_hot_identity_partition_hits_lower_bound():
     # Clean = perturbed = identity: PUI = I, each row's CE = log(e + 1) - 1, balanced pi -> L_ne = 0.
     p = torch.eye(2, dtype=torch.float64)
     assert pica_loss(p, p.clone()).item() == pytest.approx(math.log(math.e + 1) - 1, abs=1e-14)
-    # Spec §4 lower bound log(e + K - 1) - 1 for K = 4, any lamda (balanced).
+    # Lower bound log(e + K - 1) - 1 for K = 4, any lamda (balanced).
     p4 = torch.eye(4, dtype=torch.float64).repeat(3, 1)
     for lamda in (0.0, 2.0, 7.0):
         assert pica_loss(p4, p4.clone(), lamda=lamda).item() == pytest.approx(math.log(math.e + 3) - 1, abs=1e-14)
@@ -104,11 +104,11 @@ def test_hand_computed_soft_case():
 
 
 # ---------------------------------------------------------------------------------------------
-# Behaviour the spec states
+# Documented behaviour
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("k", [2, 5, 10])
 def test_uniform_assignments_give_log_k_and_are_stationary(k):
-    # All PUI entries equal -> L_ce = log K; pi uniform -> L_ne = 0 (spec §4, "Range").
+    # All PUI entries equal -> L_ce = log K; pi uniform -> L_ne = 0.
     logits_i = torch.zeros(6, k, dtype=torch.float64, requires_grad=True)
     logits_j = torch.zeros(18, k, dtype=torch.float64, requires_grad=True)
     loss = pica_loss(logits_i.softmax(1), logits_j.softmax(1))
@@ -139,7 +139,7 @@ def test_balance_term_uses_clean_view_only():
     for q in (q1, q2):
         ne = (pica_loss(p, q, lamda=2.0) - pica_loss(p, q, lamda=0.0)).item()
         assert ne == pytest.approx(2.0 * kl_to_uniform, abs=1e-12)
-    # Hence the loss is not symmetric in its arguments (spec §9.1: do not symmetrise).
+    # Hence the loss is not symmetric in its arguments.
     a, b = random_probs(6, 4, seed=6), random_probs(6, 4, seed=7, sharpness=5.0)
     assert abs(pica_loss(a, b).item() - pica_loss(b, a).item()) > 1e-3
 

@@ -202,3 +202,14 @@ def test_pica_data_bundle_uses_the_clean_crop_for_evaluation():
     batch["views"] = [torch.stack(batch["views"])]
     x = bundle.eval_view(batch, torch.device("cpu"))
     assert x.shape == (3, 1, 8, 8)
+
+
+def test_training_keeps_the_last_partial_batch_as_officially():
+    from engine.run import load_config
+    from tests.conftest import build_method
+
+    model, bundle, ctx = build_method(load_config(["--preset", "pica_digits", "--batch_size", "500", "--backbone",
+                                                   "mlp", "--pica.sobel", "false"]))
+    sampler = model.batch_sampler(ctx)
+    assert [len(b) for b in sampler] == [500, 500, 500, 297]
+    assert sorted(i for b in sampler for i in b) == list(range(1797))

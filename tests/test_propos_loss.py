@@ -1,4 +1,4 @@
-"""Tests of losses/propos.py against the formulas of shared/specs/propos.md section 4, computed independently."""
+"""Tests of losses/propos.py against the formulas of docs/methods/propos.md section 4, computed independently."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from losses.propos import (alignment_loss, compute_prototypes, gaussian_positive
                            prototype_scattering_loss, symmetric_alignment, symmetric_psl)
 
 # ---------------------------------------------------------------------------------------------------------------
-# independent references: explicit python loops over the spec's formulas (numpy, float64)
+# independent references: explicit python loops over the documented formulas (numpy, float64)
 # ---------------------------------------------------------------------------------------------------------------
 
 

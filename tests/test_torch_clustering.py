@@ -1,4 +1,4 @@
-"""torch_clustering: spec torch_clustering.md §6 quality checks, Lloyd equivalence with scikit-learn, k-means++ and
+"""torch_clustering: docs/torch_clustering.md quality checks, Lloyd equivalence with scikit-learn, k-means++ and
 empty-cluster behaviour, chunking/memory budget, GMM likelihoods, bad input. CPU only."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def sse(X: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> float:
 
 
 def spherical_loss(X: np.ndarray, labels: np.ndarray) -> float:
-    """Sum of 1 - cos(x, normalize(mean of x's cluster)) recomputed from the labels (spec §6 "sph")."""
+    """Sum of 1 - cos(x, normalize(mean of x's cluster)) recomputed from the labels (the official code "sph")."""
     total = 0.0
     for k in np.unique(labels):
         members = X[labels == k].astype(np.float64)
@@ -34,7 +34,7 @@ def spherical_loss(X: np.ndarray, labels: np.ndarray) -> float:
     return total
 
 
-# ------------------------------------------------------------------------------------------- spec §6 checks
+# ------------------------------------------------------------------------------------------- the official code checks
 @pytest.mark.parametrize("n, d, k, std, ref_sse, min_ari", [
     (5000, 16, 10, 4.5, 1_601_849.59, 0.97),   # KM-1
     (6000, 32, 20, 6.0, 6_857_490.85, 0.99),   # KM-2

@@ -1,6 +1,6 @@
 """Gaussian mixture (EM) with diagonal or spherical covariances in pure PyTorch: CPU/CUDA, chunked, DDP-aware.
 
-Spec: shared/specs/torch_clustering.md §1.2 (reference `PyTorchGaussianMixture`) and §2.9. Choices, as the spec
+docs/torch_clustering.md (reference `PyTorchGaussianMixture`). Choices, as documented
 allows:
 * initialisation: GMM restart i starts from one k-means run (same metric/init/max_iter/tol, k-means++ seeded
   random_state + i) -> one-hot responsibilities -> an M-step. The reference runs a full k-means with its own
@@ -9,7 +9,7 @@ allows:
   bound within tol of 0 would stop at once).
 * the kept parameters are the ones whose E-step produced the best bound, so `lower_bound_` is exactly the mean
   log-likelihood of the returned model (scikit-learn keeps the parameters after the following M-step).
-* `fit_predict` returns labels (argmax of the posteriors), as the spec's contract asks; `predict_proba` gives the
+* `fit_predict` returns labels (argmax of the posteriors), as the documented contract asks; `predict_proba` gives the
   (N, K) posteriors (the reference's `fit_predict` returns posteriors).
 * cosine: rows are L2-normalised and the means re-normalised after every M-step (the reference's heuristic).
 * sharded data across DDP ranks are supported as in `kmeans` (`sharded=True`): sufficient statistics all-reduced.
@@ -87,7 +87,7 @@ def _sum_stats(parts: list[_Stats]) -> _Stats:
 
 
 def _m_step(stats: _Stats, n_total: int, reg_covar: float, cosine: bool) -> _Params:
-    """Spec §1.2 M-step: n_k = s0 + 10 eps; pi = n_k / N; mu = s1 / n_k (normalised for cosine);
+    """M-step: n_k = s0 + 10 eps; pi = n_k / N; mu = s1 / n_k (normalised for cosine);
     var = s2/n_k - 2 mu s1/n_k + mu^2 + reg_covar (diag), its mean over features (spherical)."""
     eps = torch.finfo(stats.s1.dtype).eps
     nk = stats.s0 + 10 * eps

@@ -1,15 +1,15 @@
 """k-means (Lloyd) in pure PyTorch: CPU/CUDA, float32/float64, memory-bounded, DDP-aware.
 
-Spec: shared/specs/torch_clustering.md (§1.1 reference behaviour, §2 contract, §6 quality checks).
+docs/torch_clustering.md.
 Differences from the reference `PyTorchKMeans` (all allowed or asked for by the spec):
 * inertia and the k-means++ weights use scikit-learn semantics: squared euclidean distance (D^2 sampling) or
-  1 - cos; the reference uses un-squared euclidean distances (§2.2).
+  1 - cos; the reference uses un-squared euclidean distances.
 * an empty cluster is re-seeded with the point farthest from its centre (scikit-learn style: the point also leaves
   its old cluster's sums); when every point sits exactly on its centre there is nothing to gain and the empty
-  centre keeps its previous position. The reference leaves empty centres at the zero vector (§2.5).
+  centre keeps its previous position. The reference leaves empty centres at the zero vector.
 * convergence: labels unchanged, or sum over centres of the squared centre shift (1 - cos for cosine)
   <= tol * mean per-feature variance of the data (biased variance, as scikit-learn; the reference uses un-squared
-  shifts and the unbiased variance) (§2.4).
+  shifts and the unbiased variance).
 * cosine: rows are L2-normalised once and a centre is the plain (un-normalised) mean of its members' normalised
   rows. For unit-norm input, the case the methods use, this is exactly the reference; for other input it is the
   minimiser of the cosine objective, while the reference averages the raw rows.

@@ -52,7 +52,7 @@ def kmeans_plus_plus(ws: Workspace, n_clusters: int, generator: torch.Generator,
     First centre uniform; each next centre: draw 2 + floor(ln K) candidates with probability proportional to the
     current closest distance (squared euclidean — D^2 weighting — or 1 - cos; inverse CDF on a float64 cumulative
     sum, index clipped to the last point), keep the candidate giving the lowest potential (sum of closest
-    distances). Spec torch_clustering.md §2.2-2.3; the reference weights by un-squared euclidean distance instead.
+    distances). Spec docs/torch_clustering.md; the reference weights by un-squared euclidean distance instead.
     Cost per centre: one (N x n_trials) GEMM, chunked; no host synchronisation.
     """
     X = ws.X
