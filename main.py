@@ -6,6 +6,10 @@ Under torchrun (`torchrun --nproc_per_node=N main.py ...`) the same command trai
   --help            this text: methods, presets, datasets and every key with its default
   --list_presets    every preset with what it is
   --print_config    the resolved config of the rest of the command line, as YAML; nothing is run or written
+
+Exit status: 0 done, 2 configuration error, 3 data error, 4 checkpoint error, 5 training diverged, 6 file error
+(disk full, read-only folder), 130 interrupted (continue with --resume RUN_DIR). Every failure before training
+starts leaves the output folder as it was.
 """
 from __future__ import annotations
 
@@ -126,6 +130,9 @@ def cli(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         _fail("training diverged", str(err))
         return 5
+    except OSError as err:      # a full disk, a read-only folder: the writers name the path and what was kept
+        _fail("file error", err.strerror if err.strerror and err.filename else str(err))
+        return 6
     except KeyboardInterrupt:
         _fail("interrupted", "the last checkpoint written at an epoch end is intact (checkpoints/last.pt); continue "
                              "with --resume RUN_DIR.")

@@ -35,10 +35,28 @@ def save_atomic(obj: dict, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+            raise OSError(err.errno, f"cannot write {path} ({err.strerror or err}); {kept} and the temporary file "
+                                     f"was removed", str(path)) from None
         raise
+
+
+def remove_orphans(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporary files (`.<name>.*.tmp`) that a write interrupted by a kill left in `folder`; returns
+    their names."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for orphan in sorted(folder.glob(".*.tmp")):
+        if orphan.is_file():
+            orphan.unlink()
+            removed.append(orphan.name)
+    return removed
 
 
 def load(path: str | os.PathLike) -> dict:

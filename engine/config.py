@@ -453,6 +453,13 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
     )
 
 
+# Keys whose empty command-line value is a mistake, not "unset" (what to give instead).
+NON_EMPTY_CLI = {"run_name": "give one folder name for the run (created under --output_dir), or leave --run_name out "
+                             "for a time stamp.",
+                 "output_dir": "give the folder that holds the runs (default: runs).",
+                 "resume": "give the run folder or checkpoint to continue, or leave --resume out."}
+
+
 def parse_cli_value(text: str) -> Any:
     """A CLI value read as a YAML scalar or flow collection: `3e-4` -> 0.0003, `true` -> True, `[30,60]` -> list."""
     try:
@@ -617,6 +624,8 @@ def resolve(argv: list[str] | None, catalog: Catalog, *, config_dir: str | os.Pa
             raise ConfigError(_unknown_key_message(key, valid, "on the command line"))
         if key in cli:
             raise ConfigError(f"--{key} is given twice on the command line.")
+        if key in NON_EMPTY_CLI and not text.strip():
+            raise ConfigError(f"--{key} is empty: {NON_EMPTY_CLI[key]}")
         value = parse_cli_value(text)
         if defaults[key] is None and key not in OPTIONAL_INTS and value is True:
             value = text        # an optional string (a name, a path): `--run_name on` is the name "on"

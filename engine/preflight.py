@@ -78,8 +78,17 @@ def check_step_memory(trainer, views: int) -> str | None:
         return None
     per_image = max(1, need["activations"] // max(1, local))
     fits = max(0, int((free - need["parameters"]) // per_image))
-    return (f"one training step needs at least {need['total'] / GIB:.1f} GiB on {trainer.device} (parameters, "
-            f"gradients and optimizer state {need['parameters'] / GIB:.2f} GiB, activations of {local} images x "
-            f"{views} views {need['activations'] / GIB:.1f} GiB), but only {free / GIB:.1f} GiB are free. Lower "
-            f"--batch_size (about {max(1, fits * trainer.world)} would fit) or "
-            f"--image_size, or use a smaller --backbone.")
+    advice = (f"lower --batch_size (about {fits * trainer.world} would fit)" if fits else
+              "even one image does not fit with these weights: use a smaller --backbone")
+    return (f"not enough memory on {trainer.device}: one training step needs at least {_size(need['total'])} "
+            f"(parameters, gradients and optimizer state {_size(need['parameters'])}, activations of {local} images "
+            f"x {views} views {_size(need['activations'])}), but only {_size(free)} are free. To fit, {advice}, or "
+            f"lower --image_size.")
+
+
+def _size(n: float) -> str:
+    """Bytes as a human-readable size (1 decimal, binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024

@@ -348,6 +348,10 @@ def run(cfg: Config | None = None, *, argv: list[str] | None = None, start: Star
             logger.info(f"{run_dir} held a run killed before its first epoch ended (no checkpoint): starting it "
                         f"again there", "yellow")
         logger.attach(run_dir, truncate_metrics_after=truncate)
+        if dist_utils.is_main_process():   # temporary files of writes that a kill interrupted
+            orphans = ckpt.remove_orphans(run_dir) + ckpt.remove_orphans(run_dir / "checkpoints")
+            if orphans:
+                logger.info(f"removed {len(orphans)} temporary file(s) an interrupted write left: {', '.join(orphans)}")
         trainer.checkpoint_dir = run_dir / "checkpoints"
         evaluator.run_dir = run_dir
         logger.info(f"run directory: {run_dir}", "cyan")

@@ -118,3 +118,26 @@ def test_evaluation_reports_the_restored_and_the_official_consensus(tmp_path):
     consensus_column = header.index("consensus")
     rows = (tmp_path / "cc_digits/on/predictions.csv").read_text().splitlines()[1:]
     assert len({r.split(",")[consensus_column] for r in rows}) == 10
+
+
+def test_the_sweep_script_writes_its_figure_and_table_and_resumes(tmp_path, capsys):
+    import csv
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import divclust_sweep
+
+    argv = ["--preset", "cc_digits", "--clusterings", "2", "--targets", "1.0", "0.7", "--runs_root", str(tmp_path),
+            "--", *TINY, "--epochs", "1", "--NMI_interval", "1"]
+    assert divclust_sweep.sweep(argv) == 0
+    figure = tmp_path / "cc_digits/divclust2_sweep.png"
+    assert figure.is_file() and figure.stat().st_size > 10_000
+    rows = list(csv.DictReader(open(figure.with_suffix(".csv"))))
+    assert [float(r["target"]) for r in rows] == [1.0, 0.7]
+    assert all(0 <= float(r["measured"]) <= 1 and r["consensus_acc"] for r in rows)
+    first = figure.stat().st_mtime_ns
+    assert divclust_sweep.sweep(argv) == 0                          # both runs are reused, the figure redrawn
+    assert "finished earlier, skipped" in capsys.readouterr().out and figure.stat().st_mtime_ns >= first
+    with pytest.raises(SystemExit):                                   # one clustering has no diversity to sweep
+        divclust_sweep.sweep(["--preset", "cc_digits", "--clusterings", "1"])
