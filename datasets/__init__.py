@@ -304,6 +304,13 @@ def build(cfg, request: DataRequest | None = None, *, device: torch.device | str
                                                    crop_scale=crop_scale, mean=mean or None, std=std or None,
                                                    channels=channels)
             train = LoaderViewsDataset(raw, transform, views)
+    if views > 1 and augmenter is None and not isinstance(train, LoaderViewsDataset):
+        what = (f"{cfg.dataset} holds vectors, which have no augmentation here" if raw.kind != "image"
+                else "augmentation none makes only the image itself")
+        raise ConfigError(f"method {cfg.method} trains on {views} augmented views of every sample, but {what}. "
+                          + ("Methods for vectors: kingdra (unsupervised), or mcl / kcl with --l2c.targets labels "
+                             "(pairwise-supervised)." if raw.kind != "image"
+                             else "Set --augmentation simclr (or the method's own family)."))
     extra: dict[str, Dataset] = {}
     for stream in request.extra_streams:
         if stream.name not in raw.extra:

@@ -61,7 +61,7 @@ MOVED_KEYS = {
 FREE_MAPPINGS = {"dataset_options"}
 
 # Keys whose default is null but whose value, when set, is an integer (other null keys hold strings: paths, names).
-OPTIONAL_INTS = {"steps_per_epoch"}
+OPTIONAL_INTS = {"steps_per_epoch", "image_size", "num_clusters"}   # null: a full pass; from the data
 
 
 class ConfigError(ValueError):
@@ -189,7 +189,7 @@ class Catalog:
 
 # Allowed values of the common keys (main_config.yaml holds their defaults and comments).
 COMMON_CHECKS: dict[str, Check] = {
-    "num_clusters": at_least(2, integer=True),
+    "num_clusters": lambda v: None if v is None else at_least(2, integer=True)(v),
     "backbone_norm": one_of("batch", "group", "none"),
     "clusterings": at_least(1, integer=True),
     "NMI_target": in_range(0, 1, low_open=True),
@@ -214,7 +214,7 @@ COMMON_CHECKS: dict[str, Check] = {
     "warmup_epochs": at_least(0, integer=True),
     "grad_clip": non_negative,
     "augment_on": one_of("auto", "device", "loader"),
-    "image_size": at_least(1, integer=True),
+    "image_size": lambda v: None if v is None else at_least(1, integer=True)(v),
     "color_strength": non_negative,
     "crop_scale": unit_interval_pair,
     "normalize_mean": each(in_range()),
@@ -615,6 +615,15 @@ def resolve(argv: list[str] | None, catalog: Catalog, *, config_dir: str | os.Pa
         preset = preset_file.stem
         layer = _migrate(_flatten(load_yaml(preset_file, allow_empty=not given or preset == DEFAULT_PRESET)),
                          defaults, owners, f"in preset {preset_file.name}", notes, catalog, lenient=False)
+        cli_dataset = next((parse_cli_value(t) for k, t in pairs if k == "dataset"), None)
+        if not given and cli_dataset is not None and cli_dataset != layer.get("dataset"):
+            # `--dataset X` without a preset: the default preset's settings are for its own data (8x8 digits), so
+            # only main_config.yaml's defaults apply, with the image size and K taken from the data
+            method = next((parse_cli_value(t) for k, t in pairs if k == "method"), defaults["method"])
+            preset, layer = f"{method}_{cli_dataset}", {}
+            notes.append(f"--dataset {cli_dataset} without --preset: main_config.yaml's defaults apply (not "
+                         f"{DEFAULT_PRESET}'s, which are for its 8x8 digits); image_size and num_clusters come from "
+                         f"the data unless given")
 
     resolved = dict(defaults)
     resolved.update(layer)

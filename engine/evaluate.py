@@ -90,7 +90,9 @@ def cluster_and_score(extracted: dict, labels: np.ndarray, cfg, device: torch.de
             matrix = inter_clustering_nmi(extracted["heads"])
             off = matrix[~np.eye(len(matrix), dtype=bool)]
             results["diversity"] = {"nmi_matrix": matrix.tolist(), "nmi_mean": float(off.mean())}
-            if cfg.consensus != "none":
+            # the consensus combines DivClust's clusterings; sub-heads (IIC) and ensemble members (Kingdra) are
+            # alternatives whose official answer is one head
+            if cfg.consensus != "none" and int(cfg.get("clusterings", 1)) > 1:
                 from consensus import run_consensus
 
                 start = time.perf_counter()

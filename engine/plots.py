@@ -68,6 +68,9 @@ def save_nmi_heatmap(matrix: np.ndarray, path: Path, *, title: str = "") -> Path
                         color="white" if matrix[i, j] < 0.6 else "black")
     off = matrix[~np.eye(c, dtype=bool)]
     ax.set_title(f"NMI between clusterings {title}\nmean off-diagonal {off.mean():.3f}", fontsize=9)
+    ticks = range(c) if c <= 20 else range(0, c, max(1, c // 10))
+    ax.set_xticks(list(ticks))
+    ax.set_yticks(list(ticks))
     ax.set_xlabel("clustering")
     ax.set_ylabel("clustering")
     fig.colorbar(im, ax=ax, fraction=0.046)
@@ -118,7 +121,7 @@ def hungarian_confusion(labels: np.ndarray, pred: np.ndarray) -> MatchedConfusio
 
 
 def save_confusion_matrices(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, *,
-                            title: str = "") -> Path:
+                            title: str = "", class_names: list[str] | None = None) -> Path:
     """One panel per (name, labels, pred): counts after Hungarian matching, shaded by the fraction of each class."""
     plt = _pyplot()
     matches = [(name, hungarian_confusion(labels, pred)) for name, labels, pred in panels]
@@ -138,7 +141,8 @@ def save_confusion_matrices(panels: list[tuple[str, np.ndarray, np.ndarray]], pa
         if n_cols <= 40:
             ax.set_xticks(range(n_cols), [str(c) for c in m.clusters], fontsize=6)
         if n_rows <= 40:
-            ax.set_yticks(range(n_rows), [str(c) for c in m.classes], fontsize=6)
+            ax.set_yticks(range(n_rows), [class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
+                                          for c in m.classes], fontsize=6)
         ax.set_xlabel("cluster (matched order)")
         ax.set_ylabel("class")
         ax.set_title(f"{name}: ACC {m.accuracy:.3f}", fontsize=9)
@@ -149,7 +153,8 @@ def save_confusion_matrices(panels: list[tuple[str, np.ndarray, np.ndarray]], pa
 
 # ----- cluster sizes -----------------------------------------------------------------------------------------
 def save_cluster_sizes(sizes: list[tuple[str, np.ndarray]], path: Path, *, title: str = "") -> Path:
-    """Sorted bar chart of the cluster sizes of each clustering, with the uniform size N / K as a line."""
+    """Sorted bar chart of the cluster sizes of each clustering as fractions of N, with its own uniform size 1 / K
+    (K = that clustering's number of clusters) as a line."""
     plt = _pyplot()
     n = len(sizes)
     ncols = min(4, n)
@@ -160,13 +165,15 @@ def save_cluster_sizes(sizes: list[tuple[str, np.ndarray]], path: Path, *, title
     for ax, (name, counts) in zip(axes.flat, sizes):
         counts = np.sort(np.asarray(counts))[::-1]
         k = len(counts)
-        ax.bar(np.arange(k), counts, width=0.85, color="tab:blue")
-        ax.axhline(counts.sum() / max(k, 1), color="tab:red", lw=0.8, ls="--")
+        share = counts / max(counts.sum(), 1)
+        ax.bar(np.arange(k), share, width=0.85, color="tab:blue")
+        ax.axhline(1 / max(k, 1), color="tab:red", lw=0.8, ls="--")
         used = int((counts > 0).sum())
-        ax.set_title(f"{name}: {used}/{k} used, largest {counts[0] / max(counts.sum(), 1):.1%}", fontsize=8)
+        ax.set_title(f"{name}: {used}/{k} used, largest {share[0]:.1%}", fontsize=8)
+        ax.yaxis.set_major_formatter(_pyplot().FuncFormatter(lambda v, _: f"{v:.0%}"))
         ax.set_xticks([])
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"cluster sizes, sorted (dashed: N / K) {title}".strip(), fontsize=10)
+    fig.suptitle(f"cluster sizes as a share of the samples, sorted (dashed: 1 / K) {title}".strip(), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -194,18 +201,23 @@ def tsne_embedding(features: np.ndarray, *, seed: int) -> np.ndarray:
         torch.set_num_threads(threads)
 
 
-def _scatter(ax, embedding: np.ndarray, values: np.ndarray, title: str) -> None:
+def _scatter(ax, embedding: np.ndarray, values: np.ndarray, title: str, *, colour_of: dict | None = None,
+             names: dict | None = None) -> None:
+    """Points coloured by `values` (-1: unknown, grey); `colour_of` {value: colour slot} keeps colours matched across
+    panels, `names` {value: legend text}."""
     values = np.asarray(values)
     unknown = values < 0
     if unknown.any():
         ax.scatter(embedding[unknown, 0], embedding[unknown, 1], s=3, c="lightgrey", linewidths=0, label="unknown")
     known = ~unknown
     distinct = np.unique(values[known])
-    if len(distinct) <= 20:
-        cmap = _pyplot().get_cmap("tab10" if len(distinct) <= 10 else "tab20")
-        for i, v in enumerate(distinct):
+    slots = colour_of or {v: i for i, v in enumerate(distinct)}
+    if len(distinct) <= 20 and max(slots.values(), default=0) < 20:
+        cmap = _pyplot().get_cmap("tab10" if max(slots.values(), default=0) < 10 else "tab20")
+        for v in sorted(distinct, key=lambda v: slots[v]):
             sel = values == v
-            ax.scatter(embedding[sel, 0], embedding[sel, 1], s=3, color=cmap(i), linewidths=0, label=str(v))
+            ax.scatter(embedding[sel, 0], embedding[sel, 1], s=3, color=cmap(slots[v]), linewidths=0,
+                       label=(names or {}).get(v, str(v)))
         ax.legend(fontsize=6, markerscale=3, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     else:  # many clusters: a continuous colour map over the rank of each value
         rank = np.searchsorted(distinct, values[known])
@@ -216,25 +228,42 @@ def _scatter(ax, embedding: np.ndarray, values: np.ndarray, title: str) -> None:
 
 
 def tsne_figure(embedding: np.ndarray, pred: np.ndarray, labels: np.ndarray | None, *,
-                pred_name: str = "predicted cluster", title: str = ""):
+                pred_name: str = "predicted cluster", title: str = "", class_names: list[str] | None = None):
     """t-SNE points coloured by predicted cluster and, when `labels` is given, by ground truth, side by side
-    (one panel without labels)."""
+    (one panel without labels). With labels, a cluster has the colour of the class it is matched to (the Hungarian
+    matching of ACC), so equal colours in the two panels are matched pairs; unmatched clusters follow."""
     plt = _pyplot()
-    panels = [(pred, f"coloured by {pred_name}")]
+    cluster_colours = class_colours = cluster_names = class_legend = None
+    if labels is not None and (np.asarray(labels) >= 0).any():
+        match = hungarian_confusion(np.asarray(labels), np.asarray(pred))
+        class_colours = {int(c): i for i, c in enumerate(sorted(match.classes))}
+        cluster_colours = {int(k): class_colours[int(c)] for k, c in zip(match.clusters[:match.matched],
+                                                                      match.classes[:match.matched])}
+        spare = len(class_colours)
+        for k in np.unique(pred):
+            if int(k) not in cluster_colours:
+                cluster_colours[int(k)], spare = spare, spare + 1
+        class_legend = {c: (class_names[c] if class_names and 0 <= c < len(class_names) else str(c))
+                        for c in class_colours}
+        cluster_names = {k: f"{k} ({class_legend[int(c)]})" for k, c in zip(match.clusters[:match.matched],
+                                                                              match.classes[:match.matched])}
+    panels = [(pred, f"coloured by {pred_name}" + (" (matched class)" if cluster_names else ""), cluster_colours,
+               cluster_names)]
     if labels is not None:
-        panels.append((labels, "coloured by ground-truth label"))
+        panels.append((labels, "coloured by ground-truth label", class_colours, class_legend))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False)
-    for ax, (values, name) in zip(axes[0], panels):
-        _scatter(ax, embedding, values, name)
+    for ax, (values, name, colours, names) in zip(axes[0], panels):
+        _scatter(ax, embedding, values, name, colour_of=colours, names=names)
     fig.suptitle(f"t-SNE of {len(embedding)} evaluation features {title}".strip(), fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def save_tsne(embedding: np.ndarray, pred: np.ndarray, labels: np.ndarray | None, path: Path, *,
-              pred_name: str = "predicted cluster", title: str = "") -> Path:
+              pred_name: str = "predicted cluster", title: str = "", class_names: list[str] | None = None) -> Path:
     """`tsne_figure` written to `path`."""
-    return _save(tsne_figure(embedding, pred, labels, pred_name=pred_name, title=title), path)
+    return _save(tsne_figure(embedding, pred, labels, pred_name=pred_name, title=title, class_names=class_names),
+                 path)
 
 
 # ----- training curves ---------------------------------------------------------------------------------------
@@ -266,8 +295,12 @@ def save_training_curves(records: list[dict], path: Path, *, title: str = "") ->
         panels.append(("train loss", "step", [("loss", "train/loss")]))
     if terms:
         panels.append(("loss terms", "step", [(k[6:], k) for k in terms]))
+    if "train/lr" in keys:
+        panels.append(("learning rate", "step", [("lr", "train/lr")]))
     for metric in ("acc", "nmi", "ari"):
-        lines = [(name, f"eval/{name}.{metric}") for name in _EVAL_CLUSTERINGS if f"eval/{name}.{metric}" in keys]
+        several = "eval/heads/1.acc" in keys                # the mean over heads is the head itself with one
+        lines = [(name, f"eval/{name}.{metric}") for name in _EVAL_CLUSTERINGS if f"eval/{name}.{metric}" in keys
+                 and (several or name != "heads_mean")]
         if lines:
             panels.append((f"evaluation {metric.upper()}", "epoch", lines))
     diversity = [(label, key) for label, key in (("D^R (evaluation)", "eval/diversity.nmi_mean"),
@@ -322,8 +355,8 @@ def _clusterings(results: dict, predictions: dict) -> list[tuple[str, np.ndarray
 
 def write_plots(out_dir: Path, results: dict, predictions: dict, *, metrics_path: Path | None = None,
                 num_clusters: int = 0, seed: int = 0, tsne: bool = True, title: str = "",
-                warn: Callable[[str], None] = print, on_written: Callable[[str, Path], None] | None = None
-                ) -> list[Path]:
+                warn: Callable[[str], None] = print, on_written: Callable[[str, Path], None] | None = None,
+                class_names: list[str] | None = None) -> list[Path]:
     """Every figure one evaluation allows, into `out_dir`. `predictions` is predictions.npz's content; `results`
     results.json's (or the evaluation's) content. A figure that fails is reported through `warn` and skipped;
     `on_written(name, path)` is called for each written file (wandb upload)."""
@@ -357,9 +390,12 @@ def write_plots(out_dir: Path, results: dict, predictions: dict, *, metrics_path
 
     if has_labels and clusterings:
         panels = [(main_name, labels, main_pred)] + [(n, labels, p) for n, p in clusterings if not n.startswith("head")]
-        attempt("confusion_matrix", lambda: save_confusion_matrices(panels, out_dir / CONFUSION_FILE, title=title))
+        attempt("confusion_matrix", lambda: save_confusion_matrices(panels, out_dir / CONFUSION_FILE, title=title,
+                                                                    class_names=class_names))
     if clusterings:
-        sizes = [(n, np.bincount(p.astype(np.int64), minlength=k)) for n, p in clusterings]
+        # each clustering against its own number of clusters (a 42-cluster consensus is not drawn against K = 10)
+        sizes = [(n, np.bincount(p.astype(np.int64), minlength=max(int(num_clusters), int(p.max()) + 1 if p.size
+                                                                    else 0))) for n, p in clusterings]
         attempt("cluster_sizes", lambda: save_cluster_sizes(sizes, out_dir / SIZES_FILE, title=title))
     if results.get("diversity"):
         matrix = np.asarray(results["diversity"]["nmi_matrix"])
@@ -372,7 +408,7 @@ def write_plots(out_dir: Path, results: dict, predictions: dict, *, metrics_path
             rows = np.asarray(predictions["feature_rows"])
             embedding = tsne_embedding(np.asarray(predictions["features"]), seed=seed)
             return save_tsne(embedding, main_pred[rows], labels[rows] if has_labels else None, out_dir / TSNE_FILE,
-                             pred_name=main_name, title=title)
+                             pred_name=main_name, title=title, class_names=class_names)
 
         attempt("tsne", draw_tsne)
     return written
@@ -391,7 +427,8 @@ def write_evaluation_plots(run_dir: Path, results: dict, predictions: dict, cfg,
                               num_clusters=int(cfg.num_clusters), seed=int(cfg.seed),
                               tsne=mode == "every" or (mode == "final" and final), title=f"(epoch {epoch})",
                               warn=logger.warning,
-                              on_written=lambda name, path: logger.log_image(f"eval/{name}", path, step=step))
+                              on_written=lambda name, path: logger.log_image(f"eval/{name}", path, step=step),
+                              class_names=class_names)
         seconds = time.perf_counter() - start
         if seconds > 5:
             logger.info(f"plots: {len(written)} figures in {seconds:.1f}s")

@@ -389,6 +389,8 @@ def build(cfg: Config, logger: RunLogger | None = None, start: Start | None = No
     seed_everything(int(cfg.seed))
     device = torch.device("cuda" if device_is_cuda(cfg) else "cpu")
     raw = datasets.read_raw(cfg, request)
+    for note in fill_from_data(cfg, raw):
+        logger.info(note)
     data = datasets.build(cfg, request, device=device, raw=raw)
     family, settings = request.augmentation or (cfg.augmentation, {})
     where = "" if family == "none" or data.info.kind != "image" else (
@@ -407,6 +409,27 @@ def build(cfg: Config, logger: RunLogger | None = None, start: Start | None = No
     evaluator = Evaluator(trainer.method, trainer.ctx, cfg, None, logger, plots=bool(cfg.plots),
                           diversity_target=divclust.target_state if divclust.active else None)
     return trainer, evaluator
+
+
+def fill_from_data(cfg: Config, raw) -> list[str]:
+    """Set `image_size` and `num_clusters` left null (main_config's defaults) from the data: the images' side and
+    the number of classes; ConfigError when the data cannot tell. Returns what was set, for the log."""
+    notes = []
+    if raw.kind == "image" and cfg.image_size is None:
+        height, width = int(raw.data.shape[1]), int(raw.data.shape[2])
+        if height != width:
+            raise ConfigError(f"image_size is not set and the {cfg.dataset} images are {height}x{width}: set "
+                              f"--image_size N (the network's square input; e.g. {min(height, width)}).")
+        cfg.image_size = height
+        notes.append(f"image_size {height}: the images' own size (set --image_size to change it)")
+    if cfg.num_clusters is None:
+        classes = raw.num_classes
+        if classes < 2:
+            raise ConfigError(f"num_clusters is not set and {cfg.dataset} has no labels to count its classes: set "
+                              f"--num_clusters K.")
+        cfg.num_clusters = classes
+        notes.append(f"num_clusters {classes}: the number of classes of the data (set --num_clusters to change it)")
+    return notes
 
 
 def start_views(cfg: Config) -> int:

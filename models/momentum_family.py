@@ -132,7 +132,8 @@ class MomentumFamily(ClusteringMethod):
         super().__init__(cfg, info)
         if info.kind != "image":
             raise ConfigError(f"method {cfg.method} needs images (two augmented views per sample), and the data are "
-                              f"vectors; methods for vectors: kingdra, or cc / pica / iic with --backbone mlp.")
+                              f"vectors; methods for vectors: kingdra (unsupervised), or mcl / kcl with --l2c.targets "
+                              f"labels (pairwise-supervised).")
         self.opts = cfg[self.section]
         opts = self.opts
         backbone, dim = build_backbone(cfg.backbone, info, zero_init_residual=cfg.zero_init_residual)

@@ -69,7 +69,23 @@ def plot_run(run_dir: Path, out: Path | None = None, *, tsne: bool = True) -> li
     return plots.write_plots(out, results, predictions, metrics_path=run_dir / "metrics.jsonl",
                              num_clusters=int(config.get("num_clusters", 0)), seed=int(config.get("seed", 0)),
                              tsne=tsne, title=f"(epoch {epochs})" if epochs is not None else "",
-                             warn=lambda message: print(f"warning: {message}", file=sys.stderr))
+                             warn=lambda message: print(f"warning: {message}", file=sys.stderr),
+                             class_names=class_names_of(run_dir / "predictions.csv"))
+
+
+def class_names_of(path: Path) -> list[str] | None:
+    """The class names of predictions.csv's `label` and `class` columns (None when it has none)."""
+    import csv
+
+    if not path.is_file():
+        return None
+    names: dict[int, str] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if "class" not in row or not row.get("label"):
+                return None
+            names.setdefault(int(row["label"]), row["class"])
+    return [names.get(i, str(i)) for i in range(max(names) + 1)] if names else None
 
 
 def main(argv: list[str] | None = None) -> int:

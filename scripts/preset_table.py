@@ -51,7 +51,7 @@ def _optimizer(cfg) -> str:
 def row(name: str) -> str:
     cfg = load_config(["--preset", name])
     heads = f"{cfg.clusterings} x {cfg.num_clusters}" + (f", D^T {cfg.NMI_target:g}" if int(cfg.clusterings) > 1 else "")
-    cells = [f"`{name}`", str(cfg.dataset), str(cfg.backbone), str(cfg.image_size), str(cfg.augmentation),
+    cells = [f"`{name}`", str(cfg.dataset), str(cfg.backbone), str(cfg.image_size or "—"), str(cfg.augmentation),
              str(cfg.batch_size), _optimizer(cfg), _schedule(cfg), _length(cfg), _precision(cfg), heads]
     return "| " + " | ".join(cells) + " |"
 

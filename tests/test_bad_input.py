@@ -136,7 +136,7 @@ def test_an_unreadable_image_is_named_and_can_be_skipped(tmp_path, capsys):
     refused(["--data_root", str(data), "--output_dir", str(out), *FOLDER_RUN], out, 3, "bad.png",
             "--skip_unreadable true", capsys=capsys)
     assert entry.cli(["--data_root", str(data), "--output_dir", str(out), *FOLDER_RUN, "--skip_unreadable", "true"]) == 0
-    assert "1 unreadable" in (next((out / "cc_digits").iterdir()) / "log.txt").read_text()
+    assert "1 unreadable" in (next((out / "cc_image_folder").iterdir()) / "log.txt").read_text()
 
 
 def test_mixed_image_sizes_without_an_image_size_say_which_key_to_set(tmp_path, capsys):
@@ -160,12 +160,14 @@ def test_a_bad_npz_is_a_data_error(tmp_path, capsys, arrays, words):
             capsys=capsys)
 
 
-def test_vectors_to_an_image_backbone_say_which_backbone_takes_them(tmp_path, capsys):
+@pytest.mark.parametrize("method, words", [("cc", ["2 augmented views", "kingdra"]), ("propos", ["vectors", "kingdra"])])
+def test_vectors_to_a_method_for_images_say_which_methods_take_them(tmp_path, capsys, method, words):
     path = tmp_path / "data.npz"
     np.savez(path, x=np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32))
     out = tmp_path / "runs"
-    refused(["--dataset", "npz", "--dataset_options", f"{{path: {path}}}", "--output_dir", str(out),
-             "--num_clusters", "2", "--backbone", "small_cnn", "--augmentation", "none"], out, 2, "mlp", capsys=capsys)
+    refused(["--method", method, "--dataset", "npz", "--dataset_options", f"{{path: {path}}}", "--output_dir",
+             str(out), "--num_clusters", "2", "--backbone", "small_cnn", "--augmentation", "none", "--batch_size", "8"],
+            out, 2, *words, capsys=capsys)
 
 
 # ----- 5. resources and I/O ---------------------------------------------------------------------------------------------
