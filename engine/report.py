@@ -195,12 +195,14 @@ def label_informed_best(metrics_path: Path) -> dict | None:
         except json.JSONDecodeError:
             continue
         metrics = record.get("metrics") or {}
-        heads = sorted({k.split("/", 1)[1].split(".")[0] for k in metrics if k.startswith("eval/heads/")})
-        for head in heads:
-            acc = metrics.get(f"eval/heads/{head}.acc")
+        heads = sorted({k[len("eval/heads/"):].split(".")[0] for k in metrics if k.startswith("eval/heads/")}, key=int)
+        # (metric prefix, head index): every head, or the run's one head when only eval/head is logged
+        candidates = [(f"eval/heads/{h}", int(h)) for h in heads] or [("eval/head", 0)]
+        for prefix, head in candidates:
+            acc = metrics.get(f"{prefix}.acc")
             if acc is not None and (best is None or acc > best["acc"]):
-                best = {"epoch": record.get("epoch"), "head": int(head), "acc": acc,
-                        "nmi": metrics.get(f"eval/heads/{head}.nmi"), "ari": metrics.get(f"eval/heads/{head}.ari")}
+                best = {"epoch": record.get("epoch"), "head": head, "acc": acc,
+                        "nmi": metrics.get(f"{prefix}.nmi"), "ari": metrics.get(f"{prefix}.ari")}
     return best
 
 

@@ -22,6 +22,7 @@ the torchvision CIFAR datasets on disk, so both steps get our views), at the sam
 two are timed alternately, step by step, so that the load of a shared machine hits both alike.
 
     python scripts/bench_train.py                                   # all presets, device defaults
+    python scripts/bench_train.py --presets cc_cifar10 --set amp=true --set compile=true    # config overrides
     python scripts/bench_train.py --device cpu --presets cc_cifar10 --batch_size 32 --steps 4 \\
         --reference /path/to/Contrastive-Clustering --out bench.md
 """
@@ -111,6 +112,9 @@ def build_trainer(preset: str, args, device: torch.device, batch_size: int | Non
         argv += ["--augment_on", args.augment_on]
     if args.num_workers is not None:
         argv += ["--num_workers", str(args.num_workers)]
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        argv += [f"--{key}", value]
     cfg = load_config(argv)
     trainer, _ = build(cfg, QuietLog())
     method = trainer.method
@@ -177,7 +181,8 @@ def bench_preset(preset: str, args, device: torch.device) -> dict:
            "data_share": data_s / (data_s + step_s), "refresh_s": refresh_s, "num_images": len(trainer.data.eval),
            "loss": loss, "precision": ("bf16 backbone" if trainer.amp and not trainer.whole_step_autocast
                                        else "bf16 step" if trainer.amp else "fp32"),
-           "channels_last": trainer.channels_last}
+           "channels_last": trainer.channels_last, "compile": bool(cfg.compile),
+           "overrides": list(args.set or [])}
     del trainer, inputs, terms
     gc.collect()
     if device.type == "cuda":
@@ -253,7 +258,8 @@ def markdown(rows: list[dict], reference: dict | None, args, device: torch.devic
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             hook = f"{r['refresh_s']:.2f} ({r['num_images']})" if r["refresh_s"] is not None else "-"
-            precision = r["precision"] + (", channels-last" if r["channels_last"] else "")
+            precision = (r["precision"] + (", channels-last" if r["channels_last"] else "") +
+                         (", compiled" if r.get("compile") else ""))
             lines.append(f"| {r['preset']} | {r['model']} | {r['batch']} x {r['views']} | {r['augment_on']} | "
                          f"{precision} | {1000 * r['data_s']:.1f} | {1000 * r['step_s']:.1f} | "
                          f"{r['images_per_s']:.1f} | {100 * r['data_share']:.1f}% | {hook} |")
@@ -292,6 +298,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="images in the random dataset (default: 512 on the CPU, 60000 = CIFAR-10 on CUDA)")
     parser.add_argument("--augment_on", default=None, choices=["auto", "device", "loader"])
     parser.add_argument("--num_workers", type=int, default=None, help="DataLoader workers (default: the config's)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="config override of every preset, repeatable (e.g. --set amp=true --set compile=true)")
     parser.add_argument("--reference", default=None, help="path of the official CC code: time its step too")
     parser.add_argument("--skip_presets", action="store_true", help="with --reference: only the CC comparison")
     parser.add_argument("--out", default=None, help="write the markdown report here")

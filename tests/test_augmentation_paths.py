@@ -20,8 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SIDE, PATCHES, VIEWS = 32, 256, 8
 
 
-@pytest.fixture(scope="module")
-def patches() -> np.ndarray:
+def photo_patches() -> np.ndarray:
     """(PATCHES, 32, 32, 3) uint8: 96-px patches of the two bundled photographs, resized to 32 px (PIL bilinear)."""
     from sklearn.datasets import load_sample_images
 
@@ -33,6 +32,11 @@ def patches() -> np.ndarray:
             patch = Image.fromarray(photo[top:top + 96, left:left + 96]).resize((SIDE, SIDE), Image.BILINEAR)
             out.append(np.asarray(patch))
     return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def patches() -> np.ndarray:
+    return photo_patches()
 
 
 def batched_views(spec: AugmentSpec, images: np.ndarray, views: int, seed: int = 0) -> torch.Tensor:
