@@ -15,7 +15,7 @@ every section, so a run cut short still leaves what it measured):
    in bf16, each for a fixed wall-time budget: seconds and ACC per evaluated epoch, and the two loss curves.
 
 `--device cpu` is the dry run: the same sections and code paths at small sizes (the CUDA tests run on the CPU via
-CUDA_TESTS_DEVICE=cpu, a subset; the timed run on a small generated image folder when no --data is given), writing
+CUDA_TESTS_DEVICE=cpu, a subset; the timed run on a small generated image folder, whatever --data says), writing
 the same two files. It checks the script, not the GPU.
 
     OUT=DIR bash scripts/device_check.sh                  # on the GPU machine
@@ -210,7 +210,9 @@ def generated_image_folder(root: Path, per_class: int = 24) -> Path:
 
 def timed_run(args, size: dict) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="device_check_"))
-    data = Path(args.data) if args.data else generated_image_folder(scratch / "images")
+    # The dry run always uses the small generated folder (the same image_folder reader), even when --data is given.
+    real = args.data and args.device == "cuda"
+    data = Path(args.data) if real else generated_image_folder(scratch / "images")
     runs = {}
     for name, flags in (("fp32", ["--amp", "false"]), ("bf16", ["--amp", "true", "--amp_dtype", "bfloat16"])):
         command = [sys.executable, "main.py", "--preset", "cc_cifar10", "--dataset", "image_folder", "--data_root",
@@ -249,7 +251,7 @@ def timed_run(args, size: dict) -> dict:
     common = min(map(len, curves))
     runs["loss_gap"] = (max(abs(a - b) / abs(a) for a, b in zip(curves[0][:common], curves[1][:common]))
                         if common else None)
-    runs["data"] = "generated image folder (dry run)" if not args.data else str(data)
+    runs["data"] = str(data) if real else "generated image folder (dry run)"
     return runs
 
 
