@@ -59,6 +59,8 @@ SECTION = Section("pica", "PICA (Partition Confidence Maximisation, Huang et al.
                non_negative),
     "repeats": Key(3, "perturbed views per image (official data_nrepeat 3)", at_least(1, integer=True)),
     "sobel": Key(True, "fixed Sobel front end on the channel mean of the normalised image", shape=True),
+    "keep_last_batch": Key(True, "train on each pass's last partial batch too (official drop_last False); false drops "
+                                 "it, as pica_digits does: 1,797 digits leave a last batch of 5 images"),
     "default_init": Key(True, "PyTorch default init of the trunk's convolutions (official PICA); false keeps the "
                               "backbone's Kaiming init (DivClust's PICA_ResNet34)"),
 }, owners=("pica",))
@@ -74,7 +76,10 @@ class PICA(LowestLossHeadSelection, ClusteringMethod):
 
     def batch_sampler(self, ctx):
         """Shuffled batches with the last partial batch kept, as the official loaders (drop_last False); a last
-        batch of one image is dropped (BatchNorm cannot normalise one sample in training)."""
+        batch of one image is dropped (BatchNorm cannot normalise one sample in training). With
+        `pica.keep_last_batch false`: the trainer's default batches (the last partial batch dropped)."""
+        if not self.cfg.pica.keep_last_batch:
+            return None
         n, batch = len(ctx.data.train), int(self.cfg.batch_size)
         return ShuffledBatches(n, batch_size=batch, rank=ctx.rank, world_size=ctx.world_size, seed=ctx.seed,
                                keep_last=n % batch != 1)

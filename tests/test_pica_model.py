@@ -208,8 +208,12 @@ def test_training_keeps_the_last_partial_batch_as_officially():
     from engine.run import load_config
     from tests.conftest import build_method
 
-    model, bundle, ctx = build_method(load_config(["--preset", "pica_digits", "--batch_size", "500", "--backbone",
-                                                   "mlp", "--pica.sobel", "false"]))
+    argv = ["--preset", "pica_digits", "--batch_size", "500", "--backbone", "mlp", "--pica.sobel", "false"]
+    assert load_config(argv).pica.keep_last_batch is False          # the digits preset drops it (5 images)
+    model, bundle, ctx = build_method(load_config(argv + ["--pica.keep_last_batch", "true"]))
     sampler = model.batch_sampler(ctx)
     assert [len(b) for b in sampler] == [500, 500, 500, 297]
     assert sorted(i for b in sampler for i in b) == list(range(1797))
+    assert load_config(["--preset", "pica_cifar10"]).pica.keep_last_batch is True
+    dropping, _, ctx = build_method(load_config(argv))
+    assert dropping.batch_sampler(ctx) is None                       # the trainer's batches: last one dropped
