@@ -313,6 +313,8 @@ class Config:
         object.__setattr__(self, "notes", tuple(notes))
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_data":    # copy/pickle probe these before __init__ has run
+            raise AttributeError(name)
         try:
             return self._data[name]
         except KeyError:

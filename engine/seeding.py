@@ -26,6 +26,7 @@ PURPOSES = {
     "extra_stream": 7 * 104_729 + 13,   # the shuffled order of a method's extra data stream, per epoch
     "subhead_selection": 8 * 104_729 + 13,   # IIC: the augmentations of the eval-mode sub-head selection pass
     "shuffle_bn": 9 * 104_729 + 13,     # ProPos family: the permutation of the target's batch, per (step, direction)
+    "embed_order": 10 * 104_729 + 13,   # the fixed shuffled order of embed passes for batch-statistics methods
 }
 
 

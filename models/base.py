@@ -10,7 +10,8 @@ method never touches the trainer; they meet only here:
    - `config_sections`: its config `Section`s (keys, defaults, one-line help, checks; a method family shares
      one, as MCL/KCL/SPN share `l2c`); `check_config(cfg)` for rules across keys;
    - `has_cluster_heads` (DivClust composes with it), `reads_labels` (an explicitly supervised stage),
-     `kmeans_metric` (the evaluation k-means on `features`);
+     `kmeans_metric` (the evaluation k-means on `features`), `embeds_in_mixed_batches` (its networks normalise
+     with batch statistics at evaluation, so `ctx.embed` passes over the data in a fixed shuffled order);
    - `data_request(cfg)`: views per image, a class subset, a replacement training augmentation, reader options,
      extra data streams per epoch (datasets.DataRequest);
    - `backbone_names`: the modules that run under bf16 autocast on CUDA and that `--compile true` compiles
@@ -56,6 +57,10 @@ class ClusteringMethod(nn.Module):
     #: True only for explicitly supervised stages (L2C's similarity network on a labelled source set): the trainer
     #: then adds `label` to the batch and says so in the log. Unsupervised methods never see labels.
     reads_labels: bool = False
+    #: True when the method's evaluation outputs depend on the batch (BatchNorm on batch statistics, as IIC without
+    #: running statistics): `ctx.embed` then visits the samples in a fixed, seeded shuffled order and returns the
+    #: rows in dataset order, so a batch is never a run of similar samples (an image folder is sorted by class).
+    embeds_in_mixed_batches: bool = False
     #: metric of the evaluation k-means on `features` ('cosine' for methods whose papers cluster by cosine).
     kmeans_metric: str = "euclidean"
     #: dotted names of the backbone network(s): bf16 autocast on CUDA (output back in fp32), `--compile true`.

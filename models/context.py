@@ -105,7 +105,9 @@ class RunContext:
         `augment_seed` (and `dataset` = `data.train`), fn gets the list of the training views of each batch
         instead, augmented with a generator seeded with it.
 
-        fn returns (B, ...) tensors, or a dict of them; the rows are concatenated in dataset order. Under DDP every
+        fn returns (B, ...) tensors, or a dict of them; the rows are concatenated in dataset order (a method with
+        `embeds_in_mixed_batches` is visited in a fixed seeded shuffled order, and its per-sample rows are put
+        back in dataset order). Under DDP every
         rank must call it (rank 0's buffers, e.g. BatchNorm statistics, are used on every rank) and `ranks` says
         who embeds what: "gather" (each rank a contiguous shard, every rank gets all rows), "shard" (this rank's
         rows only; `shard_range(len(dataset))` gives their positions) or "none" (every rank embeds everything
@@ -116,6 +118,12 @@ class RunContext:
         n = len(dataset)
         if ranks != "none" and n < self.world_size:
             raise RuntimeError(f"embed: {n} samples cannot be split over {self.world_size} processes")
+        order = None
+        if getattr(self.method, "embeds_in_mixed_batches", False):
+            if ranks == "shard":
+                raise ValueError("embed: ranks='shard' returns rows by position, which a shuffled pass cannot keep")
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed_for("embed_order")))
+            dataset = Subset(dataset, order.tolist())
         start, stop = self.shard_range(n) if ranks != "none" else (0, n)
         part = dataset if (start, stop) == (0, n) else Subset(dataset, range(start, stop))
         loader = DataLoader(part, batch_size=int(batch_size or self.eval_batch_size), shuffle=False, num_workers=0,
@@ -134,16 +142,27 @@ class RunContext:
         finally:
             self.method.train(was_training)
         rows = _concat(chunks)
-        if ranks != "gather" or self.world_size == 1:
-            return rows
-        if isinstance(rows, dict):
-            return {k: dist_utils.gather(v) for k, v in rows.items()}
-        return dist_utils.gather(rows)
+        if ranks == "gather" and self.world_size > 1:
+            rows = ({k: dist_utils.gather(v) for k, v in rows.items()} if isinstance(rows, dict)
+                    else dist_utils.gather(rows))
+        return rows if order is None or rows is None else _in_dataset_order(rows, order)
 
     def shard_range(self, n: int) -> tuple[int, int]:
         """[start, stop) of the contiguous shard of n samples that this rank embeds."""
         rank, world = self.rank, self.world_size
         return n * rank // world, n * (rank + 1) // world
+
+
+def _in_dataset_order(rows: Tensor | dict[str, Tensor], order: Tensor) -> Tensor | dict[str, Tensor]:
+    """Per-sample rows embedded in the order `order` (row i is sample order[i]) put back in dataset order; rows
+    of another count (one per batch, e.g. summed losses) are left in pass order."""
+    if isinstance(rows, dict):
+        return {k: _in_dataset_order(v, order) for k, v in rows.items()}
+    if rows.shape[0] != order.numel():
+        return rows
+    out = torch.empty_like(rows)
+    out[order.to(rows.device)] = rows
+    return out
 
 
 def _concat(chunks: list) -> Tensor | dict[str, Tensor] | None:

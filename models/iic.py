@@ -117,6 +117,10 @@ class IIC(LowestLossHeadSelection, ClusteringMethod):
             raise ConfigError(f"iic.batch_order sequential with steps_per_epoch {cfg.steps_per_epoch} would train on "
                               f"the same first {cfg.steps_per_epoch} batches in every epoch; use --iic.batch_order "
                               f"shuffled (or a full pass per epoch).")
+        if cfg.iic.batch_order == "sequential" and cfg.dataset == "image_folder":
+            raise ConfigError("iic.batch_order sequential on an image_folder: its files are listed class folder by "
+                              "class folder, so every sequential batch would hold one class (the official CIFAR "
+                              "files are in a mixed order). Use --iic.batch_order shuffled.")
         if int(cfg.clusterings) > 1 and int(cfg.iic.sub_heads) != 1:
             raise ConfigError(
                 f"IIC with --clusterings {cfg.clusterings} is DivClust-IIC: head B becomes {cfg.clusterings} "
@@ -140,6 +144,7 @@ class IIC(LowestLossHeadSelection, ClusteringMethod):
         self.head_b = _sub_heads(dim, info.num_clusters, int(c.sub_heads) * self.clusterings)
         if not c.bn_track:
             _batch_statistics_only(self)
+            self.embeds_in_mixed_batches = True      # evaluation batches must not be runs of one class
         schedule_a = ["A"] * int(c.head_A_epochs) if self.head_a is not None else []
         schedule_b = ["B"] * int(c.head_B_epochs)
         self.schedule = schedule_a + schedule_b if c.head_order == "AB" else schedule_b + schedule_a

@@ -218,3 +218,40 @@ def test_iic_data_bundle_crops_in_pixels_of_the_stored_image():
     assert bundle.eval_crop == pytest.approx(0.75)
     assert bundle.augmenter.views == 3 and bundle.augmenter.first_spec.crop_sides == (0.75,)
     assert bundle.augmenter.spec.crop_sides == (0.5, 1.0)
+
+
+def test_batch_statistics_evaluation_visits_the_data_in_mixed_batches_and_returns_dataset_order():
+    """Without running statistics, an evaluation batch of similar samples (an image folder lists its files class by
+    class) would be normalised by that class's own statistics. embed passes over a fixed shuffled order instead
+    and puts the rows back in dataset order."""
+    from tests.conftest import build_method
+
+    cfg = resolve(["--preset", "iic_digits", *merged(TINY, ["--iic.bn_track", "false", "--eval_batch_size", "100"])])
+    model, bundle, ctx = build_method(cfg)
+    assert model.embeds_in_mixed_batches
+    seen: list[torch.Tensor] = []
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.flatten(1).sum(1))
+        return x.flatten(1).sum(1, keepdim=True)               # one value per sample, to check the order
+
+    rows = ctx.embed(bundle.eval, fn)
+    by_hand = torch.stack([bundle.eval_view(torch.utils.data.default_collate([bundle.eval[i]]),
+                                            torch.device("cpu")).sum() for i in range(len(bundle.eval))])
+    torch.testing.assert_close(rows[:, 0], by_hand)            # dataset order
+    first_batch = seen[0]
+    assert not torch.allclose(first_batch, by_hand[:100])     # but not visited in it
+    again = ctx.embed(bundle.eval, lambda x: x.flatten(1).sum(1, keepdim=True))
+    torch.testing.assert_close(again, rows)                    # the order is fixed (seeded)
+    tracked, _, tracked_ctx = build_method(resolve(["--preset", "iic_digits", *merged(TINY, [])]))
+    assert not tracked.embeds_in_mixed_batches
+
+
+def test_sequential_batches_on_an_image_folder_are_refused(tmp_path):
+    from engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="class folder by class folder"):
+        IIC.check_config(resolve(["--preset", "iic_cifar10", "--dataset", "image_folder", "--data_root",
+                                  str(tmp_path)]))
+    IIC.check_config(resolve(["--preset", "iic_cifar10_cpu", "--dataset", "image_folder", "--data_root",
+                              str(tmp_path)]))                 # shuffled: fine
