@@ -1,6 +1,7 @@
 """Accuracy against training steps for several runs on one figure, from each run's metrics.jsonl.
 
-Two panels: the method's reported head (`eval/head.acc`: the selected head or sub-head, chosen without labels) and
+Two panels: the method's reported head (`eval/head.acc`: the selected head or sub-head, chosen without labels; with
+several clusterings, which have no single reported head, their consensus `eval/consensus.acc`) and
 k-means on its features (`eval/kmeans.acc`), at every evaluation, against the optimizer step; one line per run,
 named by its preset (or `--labels`). `--baseline ACC` draws a horizontal line (e.g. k-means on raw pixels of the
 same images).
@@ -61,27 +62,34 @@ def main(argv: list[str] | None = None) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.0), sharey=True)
     for i, run in enumerate(args.runs):
         label = args.labels[i] if args.labels else run_label(run)
         for ax, key in zip(axes, ("eval/head.acc", "eval/kmeans.acc")):
             steps, values = curve(run, key)
+            name = label
+            if not steps and key == "eval/head.acc":        # several clusterings (DivClust): their consensus
+                steps, values = curve(run, "eval/consensus.acc")
+                name = f"{label} (consensus)"
             if steps:
-                ax.plot(steps, values, marker="o", markersize=3, label=label, color=f"C{i}")
-    for ax, title in zip(axes, ("reported head (selected without labels)", "k-means on the features")):
+                ax.plot(steps, values, marker="o", markersize=3, label=name, color=f"C{i}")
+    for ax, title in zip(axes, ("reported head (selected without labels) or consensus", "k-means on the features")):
         if args.baseline is not None:
             ax.axhline(args.baseline, color="grey", linestyle="--", linewidth=1, label=args.baseline_label)
         ax.set_title(title)
         ax.set_xlabel("training steps")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("ACC")
-    handles, labels = axes[1].get_legend_handles_labels()
-    if not handles:
-        handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8)
+    handles, labels = [], []
+    for ax in axes[::-1]:                             # every run once (a run may be in one panel only)
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            if text.removesuffix(" (consensus)") not in labels:
+                handles.append(handle)
+                labels.append(text.removesuffix(" (consensus)"))
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     if args.title:
         fig.suptitle(args.title)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.tight_layout(rect=(0, 0.05 + 0.035 * ((len(labels) + 3) // 4), 1, 1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
     plt.close(fig)
