@@ -9,8 +9,11 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import signal
 import tempfile
+import threading
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +27,36 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message says why and what to do."""
 
 
+@contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM that arrive inside the block take effect when it ends (their own handlers, re-raised),
+    so a checkpoint write is never cut off in the middle (which would stop the run with a zip-writer error
+    instead of the interrupt). Only the main thread can hold signals; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in held}
+    for s in held:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)
+
+
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`; an interrupt that
+    arrives meanwhile acts once the file is in place."""
+    with signals_held():
+        _save_atomic(obj, Path(path))
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

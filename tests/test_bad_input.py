@@ -278,3 +278,33 @@ def test_sigterm_stops_like_ctrl_c_and_keeps_the_checkpoint(tmp_path):
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-3000:]
     state = torch.load(checkpoint, weights_only=True)
     assert state["epoch"] >= 1
+
+
+def test_an_interrupt_during_a_checkpoint_write_acts_after_the_file_is_complete(tmp_path, monkeypatch):
+    """SIGTERM (handled like Ctrl-C) arriving in the middle of torch.save: the checkpoint is finished and renamed
+    into place first, then the interrupt stops the run (before, it broke the zip writer: exit 1, a traceback)."""
+    import signal
+
+    from engine import checkpoint
+
+    original_save = torch.save
+
+    def save_with_a_kill_inside(obj, f):
+        os.kill(os.getpid(), signal.SIGTERM)          # delivered while the file is being written
+        original_save(obj, f)
+
+    def terminated(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    monkeypatch.setattr(checkpoint.torch, "save", save_with_a_kill_inside)
+    path = tmp_path / "last.pt"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save_atomic({"step": torch.tensor(7)}, path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    assert int(torch.load(path, weights_only=True)["step"]) == 7
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]          # no temporary file left
+    assert signal.getsignal(signal.SIGTERM) is previous
