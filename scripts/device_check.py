@@ -42,6 +42,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scripts.bench_train import synchronize  # noqa: E402
+
 PAPER_PRESETS = ["cc_cifar10", "divclust_cc_cifar10", "pica_cifar10", "iic_cifar10", "propos_cifar10",
                  "hadis_cifar10", "digpro_imagenet10", "kingdra_cifar10"]
 
@@ -61,11 +63,6 @@ def sizes(device: str) -> dict:
             "consensus": (20, 3_000), "run_seconds": 60,
             "run_args": ["--steps_per_epoch", "3", "--epochs", "3", "--image_size", "32", "--backbone", "cnn4", "--batch_size", "16",
                          "--eval_batch_size", "64", "--num_workers", "0"]}
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ----- sections ----------------------------------------------------------------------------------------------------
